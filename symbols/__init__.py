@@ -1,0 +1,78 @@
+"""The model zoo: CRU-Net, ShaResNet, and the ResNet/ResNeXt baselines, as MXNet Symbols.
+
+>>> from symbols import get_symbol, count_params
+>>> sym = get_symbol('crunet', num_layers=56)        # released CRU-Net-56 @x14 32x4d
+>>> count_params(sym)
+25609384
+"""
+import importlib
+
+import mxnet as mx
+
+from ._registry import ChoiceError
+from .stats import count_aux, count_macs, count_params, model_size_mb
+
+__all__ = ['NETWORKS', 'ChoiceError', 'get_symbol', 'get_module', 'count_params', 'count_aux',
+           'count_macs', 'model_size_mb', 'load_checkpoint', 'zoo']
+
+#: network name -> module under ``symbols`` exposing ``get_symbol(num_classes, num_layers, image_shape, **kw)``
+NETWORKS = ('crunet', 'resnext', 'resnet', 'sharesnet')
+
+
+def get_module(network):
+    """The module ``symbols.<network>``; unknown names raise :class:`ChoiceError` listing the valid ones."""
+    if network not in NETWORKS:
+        raise ChoiceError('unknown network %r; valid choices: %s' % (network, ', '.join(NETWORKS)))
+    return importlib.import_module('.' + network, __name__)
+
+
+def get_symbol(network, num_classes=1000, num_layers=None, image_shape='3,224,224', **kwargs):
+    """Build ``network`` (``crunet``, ``resnext``, ``resnet``, ``sharesnet``): a Symbol ending in
+    ``SoftmaxOutput`` ``softmax`` whose input is ``data``. Keyword arguments go to the module's
+    ``get_symbol`` (``setting``, ``widen_factor``, ``shared``, ``dtype``)."""
+    module = get_module(network)
+    if num_layers is not None:
+        kwargs['num_layers'] = num_layers
+    return module.get_symbol(num_classes=num_classes, image_shape=image_shape, **kwargs)
+
+
+def load_checkpoint(prefix, epoch):
+    """``(symbol, arg_params, aux_params)`` of ``PREFIX-symbol.json`` + ``PREFIX-%04d.params``."""
+    return mx.model.load_checkpoint(prefix, epoch)
+
+
+#: Every model of the zoo: (label, network, kwargs at its native input size, paper target)
+ZOO = [
+    ('CRU-Net-56 @x14 32x4d', 'crunet', dict(num_layers=56)),
+    ('CRU-Net-56 @x14 136x1d', 'crunet', dict(num_layers=56, setting='136x1d')),
+    ('CRU-Net-56 tiny @x14 32x4d', 'crunet', dict(num_layers=56, setting='tiny')),
+    ('CRU-Net-116 @x28x14 32x4d', 'crunet', dict(num_layers=116)),
+    ('CRU-Net-116 @x28x14 wider 64x4d', 'crunet', dict(num_layers=116, setting='wider')),
+    ('CRU-Net-22 CIFAR (demo)', 'crunet', dict(num_layers=22, setting='cifar', image_shape='3,32,32', num_classes=10)),
+    ('ResNeXt-50 32x4d', 'resnext', dict(num_layers=50)),
+    ('ResNeXt-50 2x40d', 'resnext', dict(num_layers=50, setting='2x40d')),
+    ('ResNeXt-50 Nx1d', 'resnext', dict(num_layers=50, setting='Nx1d')),
+    ('ResNeXt-101 32x4d', 'resnext', dict(num_layers=101)),
+    ('ResNeXt-101 64x4d', 'resnext', dict(num_layers=101, setting='64x4d')),
+    ('ResNet-50 (pre-act)', 'resnet', dict(num_layers=50)),
+    ('ResNet-101 (pre-act)', 'resnet', dict(num_layers=101)),
+    ('ResNet-152 (pre-act)', 'resnet', dict(num_layers=152)),
+    ('ResNet-200 (pre-act)', 'resnet', dict(num_layers=200)),
+]
+for _d in (34, 50, 101, 152):
+    ZOO += [('ShaResNet-%d' % _d, 'sharesnet', dict(num_layers=_d)),
+            ('ResNet-%d (ShaResNet unshared)' % _d, 'sharesnet', dict(num_layers=_d, shared=False))]
+for _label, _kw in (('ResNet-164', dict(num_layers=164, num_classes=10)),
+                    ('WRN-40-4', dict(num_layers=40, widen_factor=4, num_classes=10)),
+                    ('WRN-28-10', dict(num_layers=28, widen_factor=10, num_classes=100))):
+    for _shared in (True, False):
+        ZOO.append(('%s%s CIFAR' % ('Sha' if _shared else '', _label), 'sharesnet',
+                    dict(_kw, image_shape='3,32,32', shared=_shared)))
+
+
+def zoo():
+    """Yield ``(label, network, kwargs)`` for every model of the zoo at its native input size."""
+    for label, network, kwargs in ZOO:
+        kw = dict(kwargs)
+        kw.setdefault('image_shape', '3,224,224')
+        yield label, network, kw

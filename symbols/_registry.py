@@ -1,0 +1,28 @@
+"""Preset lookup shared by the network modules: presets are data, errors list the choices."""
+
+
+class ChoiceError(ValueError):
+    """An unknown network, depth or setting; the message lists the valid choices."""
+
+
+def choose(network, presets, num_layers, setting=None, defaults=None):
+    """Return ``presets[(num_layers, setting)]``, ``setting`` defaulting per depth.
+
+    ``presets`` maps ``(num_layers, setting)`` to a preset; ``defaults`` maps a depth to its
+    default setting (the first listed one when absent).
+    """
+    depths = sorted({d for d, _ in presets})
+    try:
+        num_layers = int(num_layers)
+    except (TypeError, ValueError):
+        num_layers = None
+    if num_layers not in depths:
+        raise ChoiceError('%s: unknown num_layers %r; valid choices: %s'
+                          % (network, num_layers, ', '.join(map(str, depths))))
+    settings = [s for d, s in presets if d == num_layers]
+    if setting is None:
+        setting = (defaults or {}).get(num_layers, settings[0])
+    if (num_layers, setting) not in presets:
+        raise ChoiceError('%s-%d: unknown setting %r; valid choices: %s'
+                          % (network, num_layers, setting, ', '.join(map(str, settings))))
+    return setting, presets[(num_layers, setting)]

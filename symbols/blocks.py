@@ -1,0 +1,190 @@
+"""The block vocabulary every network of the zoo is written in.
+
+Names follow the released CRU-Net graphs mechanically:
+
+* ``bn_ac_conv(x, 'U_c1x1-a', ...)`` is BatchNorm ``U_c1x1-a__bn__bn`` -> ReLU
+  ``U_c1x1-a__bn__relu`` -> Convolution ``U_c1x1-a__conv`` (weight ``U_c1x1-a__conv_weight``);
+* ``conv_bn_ac`` is the post-activation order (Convolution -> BatchNorm ``name__bn`` -> ReLU)
+  used by the ImageNet ShaResNets;
+* a shared weight is one named ``mx.sym.Variable`` handed to several convolutions.
+
+Networks are tables of numbers (see ``Stage``) driven through :func:`build_network`.
+"""
+import functools
+from collections import namedtuple
+
+import mxnet as mx
+
+BN_MOMENTUM = 0.9
+
+#: One stage of a network: ``units`` blocks, bottleneck width ``width`` (D), output width ``out``,
+#: ``groups`` of the grouped 3x3 (0 means depthwise: groups = width), ``share`` the number of
+#: consecutive units that share one set of collective bases (0: plain residual units).
+Stage = namedtuple('Stage', 'units width out groups share')
+Stage.__new__.__defaults__ = (32, 0)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def bn(data, name, fix_gamma=False):
+    """BatchNorm named ``name``; ``fix_gamma=False``, momentum 0.9, MXNet's default eps."""
+    return mx.sym.BatchNorm(data=data, fix_gamma=fix_gamma, momentum=BN_MOMENTUM, name=name)
+
+
+def bn_ac(data, name):
+    """BatchNorm ``name__bn`` followed by ReLU ``name__relu``."""
+    return mx.sym.Activation(data=bn(data, '%s__bn' % name), act_type='relu', name='%s__relu' % name)
+
+
+def conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None):
+    """Convolution ``name__conv`` without bias; ``weight`` (a Variable) shares a weight."""
+    kernel, stride = _pair(kernel), _pair(stride)
+    pad = tuple(k // 2 for k in kernel) if pad is None else _pair(pad)
+    kwargs = dict(data=data, num_filter=num_filter, kernel=kernel, stride=stride, pad=pad,
+                  num_group=num_group, no_bias=True, name='%s__conv' % name)
+    if weight is not None:
+        kwargs['weight'] = weight
+    return mx.sym.Convolution(**kwargs)
+
+
+def bn_ac_conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None):
+    """Pre-activation BN -> ReLU -> Conv; BatchNorm is named ``name__bn__bn``."""
+    return conv(bn_ac(data, '%s__bn' % name), name, num_filter, kernel, stride, pad, num_group, weight)
+
+
+def conv_bn_ac(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None, act=True):
+    """Post-activation Conv -> BN (``name__bn``) -> ReLU (omitted with ``act=False``)."""
+    out = bn(conv(data, name, num_filter, kernel, stride, pad, num_group, weight), '%s__bn' % name)
+    return mx.sym.Activation(out, act_type='relu', name='%s__relu' % name) if act else out
+
+
+def shared_variable(cache, name, shape=None):
+    """The Variable ``name``, created once per network and reused afterwards."""
+    if name not in cache:
+        cache[name] = mx.sym.Variable(name, shape=shape)
+    return cache[name]
+
+
+# ----------------------------------------------------------------------------- residual units
+def residual_unit(data, name, width, out, groups, stride, proj, preact=True, basic=False, weight3=None):
+    """ResNeXt / ResNet residual unit (the authors' ``ResidualFactory``).
+
+    Bottleneck ``c1x1-a`` -> ``c3x3-b`` (grouped, stride) -> ``c1x1-c``, or with ``basic`` two
+    3x3 convolutions ``c3x3-a`` (stride) -> ``c3x3-b``; the projection shortcut ``c1x1-w(s/K)``
+    uses the Variable ``U_c1x1-w_weight``. Pre-activation (BN-ReLU-Conv) by default;
+    ``preact=False`` gives the post-activation form (Conv-BN-ReLU, ReLU ``U_relu`` after the sum).
+    ``weight3`` shares the weight of ``c3x3-b`` (ShaResNet).
+    """
+    if preact:
+        unit, last = bn_ac_conv, bn_ac_conv
+    else:
+        unit, last = conv_bn_ac, functools.partial(conv_bn_ac, act=False)
+    short = data
+    if proj:
+        w = mx.sym.Variable('%s_c1x1-w_weight' % name)
+        short = last(data, '%s_c1x1-w(s/%d)' % (name, stride), out, 1, stride, weight=w)
+    if basic:
+        body = unit(data, '%s_c3x3-a' % name, out, 3, stride)
+        body = last(body, '%s_c3x3-b' % name, out, 3, weight=weight3)
+    else:
+        body = unit(data, '%s_c1x1-a' % name, width, 1)
+        body = unit(body, '%s_c3x3-b' % name, width, 3, stride, num_group=groups, weight=weight3)
+        body = last(body, '%s_c1x1-c' % name, out, 1)
+    body = mx.sym.ElementWiseSum(short, body, name='%s_ele-sum' % name)
+    return body if preact else mx.sym.Activation(body, act_type='relu', name='%s_relu' % name)
+
+
+def collective_unit(data, name, width, out, stride, proj, group, cache):
+    """Collective residual unit (the authors' ``CRUFactory``), bases shared by ``group``.
+
+    The shared 1x1 bases ``G_1x1_bases[dim3]_weight`` (width, out, 1, 1) and the shared
+    depthwise 3x3 bases ``G_3x3_bases[dim21]_weight`` (width, 1, 3, 3) are Variables from
+    ``cache``, so every unit of the group uses the same two arrays.
+    """
+    w1 = shared_variable(cache, '%s_1x1_bases[dim3]_weight' % group)
+    w3 = shared_variable(cache, '%s_3x3_bases[dim21]_weight' % group)
+    short = body_in = data
+    if proj:
+        w = mx.sym.Variable('%s_c1x1-w_weight' % name)
+        body_in = short = bn_ac_conv(data, '%s_c1x1-w(s/1)' % name, out, 1, 1, weight=w)
+        if stride > 1:
+            short = bn_ac_conv(data, '%s_c1x1-w(s/key)' % name, out, 1, stride, weight=w)
+    body = bn_ac_conv(body_in, '%s_c1x1-a' % name, width, 1, weight=w1)
+    body = conv(body, '%s_c3x3-b(1)' % name, width, 3, stride, num_group=width, weight=w3)
+    body = bn_ac_conv(body, '%s_c1x1-b(2)' % name, width, 1)
+    body = bn_ac_conv(body, '%s_c1x1-c' % name, out, 1)
+    return mx.sym.ElementWiseSum(short, body, name='%s_ele-sum' % name)
+
+
+def share_group(stage, index, share, units):
+    """Name of the share group of unit ``index`` (0-based): ``convS_x__x`` or ``convS_x__(k)``."""
+    tag = 'x' if share >= units else '(%d)' % (index // share + 1)
+    return 'conv%d_x__%s' % (stage, tag)
+
+
+# ----------------------------------------------------------------------------- stems and heads
+def data_input(dtype='float32'):
+    data = mx.sym.Variable('data')
+    return mx.sym.Cast(data, dtype='float16') if dtype == 'float16' else data
+
+
+def imagenet_stem(data, preact=True, filters=64):
+    """7x7/2 convolution ``conv1_x_1``, BN + ReLU, 3x3/2 max pooling ``pool1``."""
+    body = conv(data, 'conv1_x_1', filters, 7, 2, 3)
+    body = bn_ac(body, 'conv1_x_1__relu-sp') if preact else \
+        mx.sym.Activation(bn(body, 'conv1_x_1__bn'), act_type='relu', name='conv1_x_1__relu')
+    return mx.sym.Pooling(body, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type='max', name='pool1')
+
+
+def cifar_stem(data, filters=16):
+    """3x3/1 convolution ``conv1_x_1`` (pre-activation networks normalise in the first unit)."""
+    return conv(data, 'conv1_x_1', filters, 3, 1, 1)
+
+
+def classifier(body, num_classes, preact=True, dtype='float32'):
+    """Final BN + ReLU (pre-activation only), 7x7 average pooling ``pool5`` (global for other
+    input sizes), ``flatten``, ``fc6`` and ``SoftmaxOutput`` ``softmax``."""
+    if preact:
+        body = bn_ac(body, 'conv5_x_x__relu-sp')
+    body = mx.sym.Pooling(body, kernel=(7, 7), global_pool=True, pool_type='avg', name='pool5')
+    body = mx.sym.Flatten(body, name='flatten')
+    body = mx.sym.FullyConnected(body, num_hidden=num_classes, name='fc6')
+    if dtype == 'float16':
+        body = mx.sym.Cast(body, dtype='float32')
+    return mx.sym.SoftmaxOutput(body, name='softmax')
+
+
+def build_network(stages, num_classes, stem='imagenet', first_stage=2, dtype='float32'):
+    """Pre-activation network from a table of :class:`Stage` rows (CRU-Net, ResNeXt, ResNet).
+
+    Stage ``first_stage`` keeps the resolution (its first unit is a ``proj`` unit), every later
+    stage halves it (``down`` units). Units of a stage with ``share > 0`` are collective units
+    sharing their bases in runs of ``share`` units.
+    """
+    data = data_input(dtype)
+    body = imagenet_stem(data) if stem == 'imagenet' else cifar_stem(data)
+    cache = {}
+    for s, st in enumerate(stages):
+        stage = first_stage + s
+        groups = st.width if st.groups == 0 else st.groups
+        for i in range(st.units):
+            name = 'conv%d_x__%d' % (stage, i + 1)
+            stride = 2 if (i == 0 and s > 0) else 1
+            if st.share:
+                body = collective_unit(body, name, st.width, st.out, stride, i == 0,
+                                       share_group(stage, i, st.share, st.units), cache)
+            else:
+                body = residual_unit(body, name, st.width, st.out, groups, stride, i == 0)
+    return classifier(body, num_classes, preact=True, dtype=dtype)
+
+
+def parse_shape(image_shape):
+    """'3,224,224' -> (3, 224, 224)."""
+    if isinstance(image_shape, str):
+        image_shape = [int(v) for v in image_shape.split(',')]
+    shape = tuple(int(v) for v in image_shape)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError("image_shape must be 'C,H,W' with positive sizes, got %r" % (image_shape,))
+    return shape

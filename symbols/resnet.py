@@ -1,0 +1,15 @@
+"""Pre-activation ResNet (bottleneck) baselines in the CRU-Net naming scheme: 50, 101, 152, 200."""
+from .blocks import Stage, build_network, parse_shape
+from ._registry import choose
+
+_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+PRESETS = {(d, 'preact'): tuple(Stage(u, w, 4 * w, 1) for u, w in zip(units, (64, 128, 256, 512)))
+           for d, units in _UNITS.items()}
+
+
+def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', setting=None,
+               dtype='float32', **kwargs):
+    """Pre-activation bottleneck ResNet-50/101/152/200 (groups 1, widths 64..512)."""
+    parse_shape(image_shape)
+    _, stages = choose('resnet', PRESETS, num_layers, setting)
+    return build_network(stages, num_classes, dtype=dtype)
