@@ -13,8 +13,8 @@ num_layers     setting      units                 widths D (conv2..conv5)     CR
 22             cifar        2, 2, 2 (3 stages)    32, 64, 128 (8 groups)      conv3 (2)
 =============  ===========  ====================  ==========================  =====================
 
-``32x4d`` rows are the released checkpoints (SPEC: the paper's 624 for conv4 of CRU-Net-56
-is 640 in the released file). The widths of ``136x1d``, ``tiny`` and ``wider`` were never
+``32x4d`` rows are the released checkpoints (the paper's table prints 624 for conv4 of
+CRU-Net-56; the released file has 640). The widths of ``136x1d``, ``tiny`` and ``wider`` were never
 published; they are chosen so that the float32 model size lands within 2% of the paper's
 98 MB, 48 MB and 318 MB (``python -m symbols summary`` prints them). ``136x1d`` follows
 ResNeXt-50 Nx1d (depthwise 3x3 in conv2, conv3, conv5: widths 136, 272, 1088) and keeps the
