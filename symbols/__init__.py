@@ -13,7 +13,7 @@ from ._registry import ChoiceError
 from .stats import count_aux, count_macs, count_params, model_size_mb
 
 __all__ = ['NETWORKS', 'ChoiceError', 'get_symbol', 'get_module', 'count_params', 'count_aux',
-           'count_macs', 'model_size_mb', 'load_checkpoint', 'zoo']
+           'count_macs', 'model_size_mb', 'load_checkpoint', 'gluon_model', 'zoo']
 
 #: network name -> module under ``symbols`` exposing ``get_symbol(num_classes, num_layers, image_shape, **kw)``
 NETWORKS = ('crunet', 'resnext', 'resnet', 'sharesnet')
@@ -36,9 +36,19 @@ def get_symbol(network, num_classes=1000, num_layers=None, image_shape='3,224,22
     return module.get_symbol(num_classes=num_classes, image_shape=image_shape, **kwargs)
 
 
-def load_checkpoint(prefix, epoch):
-    """``(symbol, arg_params, aux_params)`` of ``PREFIX-symbol.json`` + ``PREFIX-%04d.params``."""
-    return mx.model.load_checkpoint(prefix, epoch)
+def load_checkpoint(prefix, epoch, **kwargs):
+    """``(symbol, arg_params, aux_params)`` of ``PREFIX-symbol.json`` + ``PREFIX-%04d.params``,
+    the project's checkpoints and the released CRU-Net files alike (their
+    ``ChannelwiseConvolution`` becomes a depthwise ``Convolution``); params that do not fit the
+    symbol raise ``ParamMismatchError``. See :func:`symbols.checkpoint.load_checkpoint`."""
+    from .checkpoint import load_checkpoint as _load
+    return _load(prefix, epoch, **kwargs)
+
+
+def gluon_model(prefix, epoch, ctx=None, num_classes=None, **kwargs):
+    """Hybridizable Gluon ``SymbolBlock`` of a checkpoint; see :func:`symbols.gluon.gluon_model`."""
+    from .gluon import gluon_model as _gluon_model
+    return _gluon_model(prefix, epoch, ctx=ctx, num_classes=num_classes, **kwargs)
 
 
 #: Every model of the zoo: (label, network, kwargs at its native input size, paper target)

@@ -1,0 +1,198 @@
+"""Evaluation of a checkpoint on a validation RecordIO file (the logic behind ``score.py``).
+
+* :func:`deploy_symbol` -- the scoring graph: softmax without label, optionally mean-max pooling
+  (``0.5 * (global average + global max)`` before the classifier, for inputs larger than the
+  training crop);
+* :class:`Predictor` -- a Module bound for inference on one or more devices;
+* :func:`centre_crop_batches` (``common.data.get_val_iter``: shorter side to ``resize``, centre
+  crop, bicubic) and :func:`ten_crop_batches` (4 corners + centre of the resized image, each
+  also mirrored: 10 inputs per image, softmax averaged);
+* :func:`iter_predictions` yields ``(probabilities, labels)`` per batch; :class:`TopK` counts
+  top-1 / top-5 errors; :func:`evaluate` runs the whole evaluation and returns a result dict.
+"""
+import logging
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+from symbols.blocks import parse_shape
+from symbols.checkpoint import check_params, inference_symbol, mean_max_symbol
+
+__all__ = ['deploy_symbol', 'Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches',
+           'iter_predictions', 'TopK', 'evaluate', 'normalise', 'stderr_log', 'POOLINGS']
+
+POOLINGS = ('auto', 'avg', 'mean-max')
+
+
+def deploy_symbol(sym, pooling='avg'):
+    """Scoring graph of a checkpoint symbol: ``softmax`` output, no label input; ``pooling``
+    ``'mean-max'`` swaps the final average pooling for mean-max pooling."""
+    if pooling not in ('avg', 'mean-max'):
+        raise ValueError("pooling must be 'avg' or 'mean-max', got %r" % (pooling,))
+    if pooling == 'mean-max':
+        sym = mean_max_symbol(sym)
+    return inference_symbol(sym, softmax=True)
+
+
+class Predictor(object):
+    """``sym`` (an inference graph with input ``data``) bound for ``batch_shape`` on ``contexts``
+    (the batch is split over them as Module does); ``predict(array)`` returns NumPy outputs."""
+
+    def __init__(self, sym, arg_params, aux_params, batch_shape, contexts=None, check=True):
+        contexts = contexts or [mx.cpu()]
+        if check:
+            check_params(sym, arg_params, aux_params, batch_shape)
+        if batch_shape[0] < len(contexts):
+            raise ValueError('batch of %d cannot be split over %d devices' % (batch_shape[0], len(contexts)))
+        self.batch_shape = tuple(batch_shape)
+        self.mod = mx.mod.Module(sym, data_names=['data'], label_names=None, context=contexts)
+        self.mod.bind(data_shapes=[('data', self.batch_shape)], for_training=False)
+        self.mod.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+
+    def predict(self, data):
+        """Outputs for ``data`` (NumPy or NDArray, at most the bound batch; padded inside)."""
+        n = data.shape[0]
+        if n > self.batch_shape[0]:
+            raise ValueError('batch of %d larger than the bound %d' % (n, self.batch_shape[0]))
+        if isinstance(data, np.ndarray):
+            data = mx.nd.array(data, dtype='float32')
+        if n < self.batch_shape[0]:
+            pad = mx.nd.zeros((self.batch_shape[0] - n,) + self.batch_shape[1:], dtype=data.dtype)
+            data = mx.nd.concat(data, pad, dim=0)
+        self.mod.forward(mx.io.DataBatch([data]), is_train=False)
+        return self.mod.get_outputs()[0].asnumpy()[:n]
+
+
+# ----------------------------------------------------------------------------- inputs
+def normalise(images, mean, std, scale):
+    """``(N, H, W, 3)`` uint8 RGB -> ``(N, 3, H, W)`` float32 ``(x - mean) / std * scale``, the
+    normalisation ImageRecordIter applies."""
+    x = (np.asarray(images, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray((x * np.float32(scale)).transpose(0, 3, 1, 2))
+
+
+def ten_crops(img, crop_h, crop_w):
+    """The 10 crops of an ``(H, W, C)`` array: top-left, top-right, bottom-left, bottom-right,
+    centre, then the same five mirrored left-right; ``(10, crop_h, crop_w, C)``."""
+    h, w = img.shape[:2]
+    if h < crop_h or w < crop_w:
+        raise ValueError('image %dx%d smaller than the crop %dx%d' % (h, w, crop_h, crop_w))
+    y0, x0 = (h - crop_h) // 2, (w - crop_w) // 2
+    corners = [(0, 0), (0, w - crop_w), (h - crop_h, 0), (h - crop_h, w - crop_w), (y0, x0)]
+    crops = [img[y:y + crop_h, x:x + crop_w] for y, x in corners]
+    crops += [c[:, ::-1] for c in crops]
+    return np.stack(crops)
+
+
+def _decode(payload, resize, inter_method):
+    header, img_bytes = mx.recordio.unpack(payload)
+    img = mx.image.imdecode(img_bytes, flag=1, to_rgb=1)
+    if resize:
+        img = mx.image.resize_short(img, resize, interp=inter_method)
+    label = header.label if np.isscalar(header.label) else header.label[0]
+    return img.asnumpy(), float(label)
+
+
+def ten_crop_batches(rec_path, image_shape, batch_size, resize=256, mean=(124, 117, 104), std=(1, 1, 1),
+                     scale=0.0167, inter_method=2, max_images=None):
+    """Yield ``(data, labels)``: ``data`` ``(10 n, C, H, W)`` (the 10 crops of image i are rows
+    ``10 i .. 10 i + 9``), ``labels`` ``(n,)``, ``n <= batch_size`` images per batch, read in
+    file order from ``rec_path`` (decoded and resized like ImageRecordIter: shorter side to
+    ``resize`` with ``inter_method``)."""
+    c, h, w = parse_shape(image_shape)
+    if resize and resize < max(h, w):
+        raise ValueError('--resize-val %d is smaller than the crop %dx%d' % (resize, h, w))
+    reader = mx.recordio.MXRecordIO(rec_path, 'r')
+    images, labels, count = [], [], 0
+    try:
+        while max_images is None or count < max_images:
+            payload = reader.read()
+            if payload is None:
+                break
+            img, label = _decode(payload, resize, inter_method)
+            images.append(ten_crops(img, h, w))
+            labels.append(label)
+            count += 1
+            if len(labels) == batch_size:
+                yield normalise(np.concatenate(images), mean, std, scale), np.array(labels)
+                images, labels = [], []
+        if labels:
+            yield normalise(np.concatenate(images), mean, std, scale), np.array(labels)
+    finally:
+        reader.close()
+
+
+def centre_crop_batches(val_iter, max_images=None):
+    """Yield ``(data, labels)`` of the padded batches of ``val_iter`` (``common.data.get_val_iter``),
+    padding dropped."""
+    count = 0
+    val_iter.reset()
+    for batch in val_iter:
+        n = batch.data[0].shape[0] - (batch.pad or 0)
+        if max_images is not None:
+            n = min(n, max_images - count)
+        if n <= 0:
+            break
+        yield batch.data[0][:n], batch.label[0][:n].asnumpy()
+        count += n
+        if max_images is not None and count >= max_images:
+            break
+
+
+def iter_predictions(predictor, batches, crops=1):
+    """Yield ``(probabilities (n, K), labels (n,))`` per batch; with ``crops > 1`` the softmax of
+    the ``crops`` consecutive rows of each image is averaged."""
+    for data, labels in batches:
+        probs = predictor.predict(data)
+        if crops > 1:
+            probs = probs.reshape((-1, crops, probs.shape[-1])).mean(axis=1)
+        yield probs, labels
+
+
+class TopK(object):
+    """Top-1 and top-k error counts."""
+
+    def __init__(self, k=5):
+        self.k, self.num, self.wrong1, self.wrongk = k, 0, 0, 0
+
+    def update(self, probs, labels):
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        k = min(self.k, probs.shape[1])
+        top = np.argsort(-probs, axis=1, kind='stable')[:, :k]
+        self.wrong1 += int((top[:, 0] != labels).sum())
+        self.wrongk += int((top != labels[:, None]).all(axis=1).sum())
+        self.num += len(labels)
+
+    @property
+    def top1_error(self):
+        return self.wrong1 / float(self.num) if self.num else float('nan')
+
+    @property
+    def topk_error(self):
+        return self.wrongk / float(self.num) if self.num else float('nan')
+
+
+def evaluate(predictor, batches, crops=1, total=None, disp_batches=20, log=None, top_k=5):
+    """Score ``batches`` with ``predictor``; returns ``{'images', 'top1_error', 'top5_error',
+    'seconds', 'images_per_sec'}``. Progress (images, running errors, speed) goes to ``log``
+    (a callable taking a line; default: logging.info) every ``disp_batches`` batches."""
+    log = log or logging.info
+    meter = TopK(top_k)
+    tic = time.time()
+    for i, (probs, labels) in enumerate(iter_predictions(predictor, batches, crops)):
+        meter.update(probs, labels)
+        if disp_batches and (i + 1) % disp_batches == 0:
+            elapsed = time.time() - tic
+            log('[%s/%s images] top-1 error %.2f%%  top-%d error %.2f%%  %.1f images/s'
+                % (meter.num, total if total is not None else '?', 100 * meter.top1_error, top_k,
+                   100 * meter.topk_error, meter.num / max(elapsed, 1e-9)))
+    seconds = time.time() - tic
+    return {'images': meter.num, 'top1_error': meter.top1_error, 'top5_error': meter.topk_error,
+            'seconds': seconds, 'images_per_sec': meter.num / max(seconds, 1e-9)}
+
+
+def stderr_log(line):
+    sys.stderr.write(line + '\n')
+    sys.stderr.flush()
