@@ -38,8 +38,8 @@ test: install graphviz
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) train_imagenet.py --model-prefix runs/demo/crunet
-	$(PY) score.py --model runs/demo/crunet --epoch 0 --data-val runs/demo/data/digits_val.rec
+	$(PY) train_imagenet.py
+	$(PY) score.py --model runs/demo/crunet --epoch 4 --data-val runs/demo/data/digits_val.rec
 
 bench: install
 	$(PIP) install -q -c constraints.txt -e ".[$(MXNET),test,bench]"

@@ -10,12 +10,43 @@ Names follow the released CRU-Net graphs mechanically:
 
 Networks are tables of numbers (see ``Stage``) driven through :func:`build_network`.
 """
+import contextlib
 import functools
+import os
 from collections import namedtuple
 
 import mxnet as mx
 
 BN_MOMENTUM = 0.9
+
+#: How a grouped convolution (1 < num_group < input channels) is computed:
+#: ``'plain'``  one ``mx.sym.Convolution`` with ``num_group`` (the released graphs; needed for
+#:              ONNX export and by ``count_macs``);
+#: ``'blockdiag'`` when a group has fewer channels than :data:`GROUP_CHANNELS_MULTIPLE`, merge
+#:              ``k`` neighbouring groups into one whose weight is block diagonal (the original
+#:              weight on the diagonal, exact zeros elsewhere), built inside the graph from the
+#:              same weight Variable. Same parameters, outputs and gradients; ``k`` times the
+#:              multiply-adds, but oneDNN's blocked direct kernel instead of its per-group GEMM
+#:              fallback (4 channels per group: 2.8 -> ~11 GMAC/s on AVX2). See bench/FINDINGS.md.
+#: Default from the environment variable ``CRUNET_GROUPED_CONV``; ``grouped_conv_impl`` sets it
+#: for the symbols built inside a ``with`` block.
+GROUPED_CONV = os.environ.get('CRUNET_GROUPED_CONV', 'plain')
+GROUPED_CONV_IMPLS = ('plain', 'blockdiag')
+#: channels per group oneDNN's direct (non-GEMM) grouped kernels need: the f32 SIMD width, 8 on AVX2.
+GROUP_CHANNELS_MULTIPLE = 8
+
+
+@contextlib.contextmanager
+def grouped_conv_impl(impl):
+    """``with grouped_conv_impl('blockdiag'): sym = get_symbol(...)`` builds with that formulation."""
+    global GROUPED_CONV
+    if impl not in GROUPED_CONV_IMPLS:
+        raise ValueError('grouped convolution impl must be one of %s, not %r' % (GROUPED_CONV_IMPLS, impl))
+    old, GROUPED_CONV = GROUPED_CONV, impl
+    try:
+        yield
+    finally:
+        GROUPED_CONV = old
 
 #: One stage of a network: ``units`` blocks, bottleneck width ``width`` (D), output width ``out``,
 #: ``groups`` of the grouped 3x3 (0 means depthwise: groups = width), ``share`` the number of
@@ -38,10 +69,63 @@ def bn_ac(data, name):
     return mx.sym.Activation(data=bn(data, '%s__bn' % name), act_type='relu', name='%s__relu' % name)
 
 
-def conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None):
-    """Convolution ``name__conv`` without bias; ``weight`` (a Variable) shares a weight."""
+def merge_factor(num_group, in_channels, num_filter, multiple=None):
+    """Smallest ``k`` (dividing ``num_group``) such that ``k`` merged groups have a multiple of
+    ``multiple`` input and output channels; 1 when no merge is needed or none helps."""
+    multiple = multiple or GROUP_CHANNELS_MULTIPLE
+    cin, cout = in_channels // num_group, num_filter // num_group
+    if num_group <= 1 or cin == 1 or (cin % multiple == 0 and cout % multiple == 0):
+        return 1
+    for k in range(2, num_group + 1):
+        if num_group % k == 0 and (k * cin) % multiple == 0 and (k * cout) % multiple == 0:
+            return k
+    return 1
+
+
+def block_diagonal_weight(weight, name, num_group, in_channels, num_filter, kernel, k):
+    """Weight ``(num_filter, k * cin, kh, kw)`` of ``num_group / k`` merged groups, computed from
+    the grouped ``weight`` ``(num_filter, cin, kh, kw)``: group ``g`` of the merged group ``g'``
+    keeps its own filters on the diagonal block ``g mod k``, the other blocks are exact zeros
+    (``zeros_like``, so any dtype). Only slices, concatenations and reshapes: the gradient of
+    ``weight`` is the diagonal blocks of the merged weight's gradient, exactly."""
+    cin, cout = in_channels // num_group, num_filter // num_group
+    taps = cin * kernel[0] * kernel[1]
+    w = mx.sym.reshape(weight, shape=(num_group // k, k, cout, 1, taps), name='%s_bd_split' % name)
+    rows = []
+    for s in range(k):
+        ws = mx.sym.slice_axis(w, axis=1, begin=s, end=s + 1, name='%s_bd_slice%d' % (name, s))
+        zero = mx.sym.zeros_like(ws, name='%s_bd_zero%d' % (name, s))
+        rows.append(mx.sym.concat(*([zero] * s + [ws] + [zero] * (k - 1 - s)), dim=3,
+                                  name='%s_bd_row%d' % (name, s)))
+    w = mx.sym.concat(*rows, dim=1, name='%s_bd_rows' % name)
+    return mx.sym.reshape(w, shape=(num_filter, k * cin) + tuple(kernel), name='%s_bd_weight' % name)
+
+
+def conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None,
+         in_channels=None, impl=None):
+    """Convolution ``name__conv`` without bias; ``weight`` (a Variable) shares a weight.
+
+    A grouped convolution (``1 < num_group < in_channels``; ``in_channels`` defaults to
+    ``num_filter``, as in every unit of the zoo) is computed as :data:`GROUPED_CONV` (or
+    ``impl``) says; the parameters (names, shapes, order of ``list_arguments``) are the same
+    either way.
+    """
     kernel, stride = _pair(kernel), _pair(stride)
     pad = tuple(k // 2 for k in kernel) if pad is None else _pair(pad)
+    impl = impl or GROUPED_CONV
+    if impl not in GROUPED_CONV_IMPLS:
+        raise ValueError('grouped convolution impl must be one of %s, not %r' % (GROUPED_CONV_IMPLS, impl))
+    in_channels = num_filter if in_channels is None else in_channels
+    k = merge_factor(num_group, in_channels, num_filter) if impl == 'blockdiag' else 1
+    if k > 1:
+        wshape = (num_filter, in_channels // num_group) + kernel
+        if weight is None:
+            weight = mx.sym.Variable('%s__conv_weight' % name, shape=wshape)
+        elif weight.attr('__shape__') is None:
+            weight._set_attr(__shape__=str(wshape))
+        weight = block_diagonal_weight(weight, '%s__conv' % name, num_group, in_channels,
+                                       num_filter, kernel, k)
+        num_group //= k
     kwargs = dict(data=data, num_filter=num_filter, kernel=kernel, stride=stride, pad=pad,
                   num_group=num_group, no_bias=True, name='%s__conv' % name)
     if weight is not None:
