@@ -1,0 +1,245 @@
+"""Input pipeline benchmark: full training augmentation vs raw JPEG decoding, same records, same threads.
+
+    python -m bench.io_speed                                  # synthetic 500x375 JPEGs
+    python -m bench.io_speed --data-train train.rec --data-nthreads 8 --json io.json
+
+One run measures, over the same records and with the same number of threads N (the threads
+ImageRecordIter really uses: MXNet caps ``preprocess_threads`` at ``max(CPUs/2 - 1, 1)``, so
+``--data-nthreads`` above that is lowered for both sides):
+
+* raw decode, two ways: ``ImageRecordIter`` reading and decoding the records with nothing else
+  to do (an 8x8 centre crop, the least output it can give: its own decoder, reader and
+  threads), and OpenCV's ``cv2.imdecode`` of the records' bytes (already in memory) on a pool
+  of N Python threads;
+* full augmentation: ``ImageRecordIter`` exactly as ``common.data.get_rec_iter`` builds it for
+  training (random-resized crop 8-100% area, aspect 3/4-4/3, mirror, HSL noise 20/40/50, bicubic
+  resize to 224, mean/scale) with ``preprocess_threads=N``;
+* with ``--breakdown 1`` (default) also: augmentation without the HSL noise, a plain centre 224
+  crop + normalisation (no resize), and the validation pipeline (resize 256, centre crop), to
+  show where the time goes;
+
+and reports images/s and the ratio full augmentation / raw decode (the faster of the two decode
+rates). Each measurement is repeated ``--repeat`` times, interleaved, and the best is kept (other
+processes on the machine only ever slow a run down). Without ``--data-train`` it writes
+``--num-images`` synthetic 500x375 JPEGs (quality 90, ~110 KB each like ImageNet's average
+file) into a temporary RecordIO file.
+"""
+import argparse
+import collections
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ['synthetic_rec', 'measure_decode', 'measure_iter', 'run', 'main']
+
+
+def synthetic_image(rng, width=500, height=375):
+    """A natural-looking BGR test image: smooth colour field, texture at several scales, shapes, fine
+    noise; at JPEG quality 90 a 500x375 one takes ~110 KB, ImageNet's average file size."""
+    import cv2
+    img = cv2.resize(rng.uniform(0, 255, (5, 7, 3)).astype(np.float32), (width, height),
+                     interpolation=cv2.INTER_CUBIC)
+    for div, amp in ((64, 30), (16, 25), (4, 30), (2, 30)):
+        field = rng.normal(0, amp, (max(2, height // div), max(2, width // div), 3)).astype(np.float32)
+        img += cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(12):
+        color = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        x, y = int(rng.randint(0, width)), int(rng.randint(0, height))
+        if rng.rand() < 0.5:
+            cv2.circle(img, (x, y), int(rng.randint(5, 80)), color, -1, lineType=cv2.LINE_AA)
+        else:
+            cv2.rectangle(img, (x, y), (x + int(rng.randint(5, 150)), y + int(rng.randint(5, 150))), color, -1)
+    img += rng.normal(0, 14, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def synthetic_rec(prefix, num_images=512, width=500, height=375, quality=90, seed=0, num_classes=10):
+    """Write ``num_images`` synthetic JPEG records to ``prefix.rec/.idx``; returns the .rec path."""
+    import cv2
+    from data.im2rec import RecordWriter, pack_header
+    rng = np.random.RandomState(seed)
+    w = RecordWriter(prefix + '.rec', prefix + '.idx')
+    for i in range(num_images):
+        ok, buf = cv2.imencode('.jpg', synthetic_image(rng, width, height), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        w.write(i, pack_header(i % num_classes, i) + buf.tobytes())
+    w.close()
+    return prefix + '.rec'
+
+
+def load_images(rec, limit):
+    """The image bytes of the first ``limit`` records of ``rec``."""
+    from data.im2rec import iter_payloads, unpack_header
+    return [unpack_header(p)[2] for _, p in iter_payloads(rec, limit=limit)]
+
+
+def measure_decode(blobs, nthreads):
+    """Images/s of cv2.imdecode (colour) over ``blobs`` with ``nthreads`` threads."""
+    import cv2
+    cv2.setNumThreads(1)
+
+    def dec(b):
+        img = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+        return img.shape[0]
+    with ThreadPoolExecutor(nthreads) as ex:
+        list(ex.map(dec, blobs[:nthreads * 2]))            # warm up the threads
+        t0 = time.perf_counter()
+        list(ex.map(dec, blobs, chunksize=8))
+        return len(blobs) / (time.perf_counter() - t0)
+
+
+def _args(rec, nthreads, batch_size, image_shape, **over):
+    from common import data as cd
+    p = argparse.ArgumentParser()
+    cd.add_data_args(p)
+    cd.add_data_aug_args(p)
+    a = p.parse_args(['--data-train', rec, '--data-nthreads', str(nthreads), '--image-shape', image_shape])
+    a.batch_size, a.seed = batch_size, 0
+    for k, v in over.items():
+        setattr(a, k, v)
+    return a
+
+
+def _time_iter(make, num_batches):
+    """Images/s of the iterator ``make()`` builds, over ``num_batches`` batches; building it (index
+    read, threads started, first batch prefetched) is inside the timing, as a fresh iterator per
+    epoch is what training does. A short warm-up iterator runs first (page cache, allocations)."""
+    warm = make()
+    warm.next()
+    del warm
+    t0 = time.perf_counter()
+    it = make()
+    n = 0
+    for _ in range(num_batches):
+        try:
+            b = it.next()
+        except StopIteration:
+            break
+        b.data[0].wait_to_read()
+        n += b.data[0].shape[0] - b.pad
+    speed = n / (time.perf_counter() - t0)
+    del it
+    return speed
+
+
+def measure_iter(args, num_batches):
+    """Images/s of the training iterator ``common.data`` builds from ``args``, over ``num_batches``."""
+    from common import data as cd
+    return _time_iter(lambda: cd._train_iter(args), num_batches)
+
+
+def measure_iter_decode(args, num_batches, crop=8):
+    """Images/s of the same ImageRecordIter doing nothing but read + decode (+ a ``crop`` x ``crop``
+    centre crop, the least output it can give): the raw decode rate of its own decoder and threads."""
+    import mxnet as mx
+    from common import data as cd
+    kw, _ = cd._common(args, args.data_train, (3, crop, crop))
+    kw.update(batch_size=args.batch_size, shuffle=True, seed=0, round_batch=True)
+    return _time_iter(lambda: mx.io.ImageRecordIter(**kw), num_batches)
+
+
+#: (name, iterator kind, flag overrides); 'decode' is the iterator with no augmentation
+CASES = [
+    ('decode: ImageRecordIter, 8x8 centre crop', 'decode', {}),
+    ('full training augmentation', 'train', {}),
+    ('  without HSL noise', 'train', dict(random_h=0, random_s=0, random_l=0)),
+    ('  centre 224 crop + normalise only', 'decode224', {}),
+    ('validation: resize 256 + centre 224', 'train', dict(aug_off=1)),
+]
+
+
+def run(rec=None, nthreads=2, num_images=512, batch_size=32, repeat=3, breakdown=True, image_shape='3,224,224',
+        log=print):
+    """Run the benchmark; returns a dict with images/s per pipeline and the ratio."""
+    from common import data as cd
+    tmp = None
+    try:
+        if not rec:
+            tmp = tempfile.mkdtemp(prefix='io_speed_')
+            log('writing %d synthetic 500x375 JPEGs to %s ...' % (num_images, tmp))
+            rec = synthetic_rec(os.path.join(tmp, 'synthetic'), num_images)
+        total = cd.check_recordio(rec)
+        iter_threads = cd.effective_threads(nthreads)
+        if iter_threads < nthreads:
+            log('ImageRecordIter uses %d decode thread(s) here, not %d (MXNet caps them at max(CPUs/2 - 1, 1)); '
+                'the cv2 pool gets the same %d' % (iter_threads, nthreads, iter_threads))
+        n = min(num_images, total)
+        blobs = load_images(rec, n)
+        crop = max(int(v) for v in image_shape.split(',')[1:])
+        num_batches = max(1, n // batch_size)
+        cases = CASES if breakdown else CASES[:2]
+        best = collections.OrderedDict([('decode: cv2.imdecode', 0.0)])
+        best.update((name, 0.0) for name, _, _ in cases)
+        for r in range(repeat):
+            log('round %d/%d ...' % (r + 1, repeat))
+            best['decode: cv2.imdecode'] = max(best['decode: cv2.imdecode'], measure_decode(blobs, iter_threads))
+            for name, kind, over in cases:
+                a = _args(rec, nthreads, batch_size, image_shape, **over)
+                if kind == 'train':
+                    v = measure_iter(a, num_batches)
+                else:
+                    v = measure_iter_decode(a, num_batches, 8 if kind == 'decode' else crop)
+                best[name] = max(best[name], v)
+        dec_it = best[CASES[0][0]]
+        dec_cv = best['decode: cv2.imdecode']
+        aug = best[CASES[1][0]]
+        return dict(
+            records=n, threads=iter_threads, threads_requested=nthreads, batch_size=batch_size,
+            image_shape=image_shape, repeat=repeat,
+            mean_jpeg_kb=float(np.mean([len(b) for b in blobs]) / 1024.0),
+            source='synthetic 500x375 JPEG q90' if tmp else os.path.abspath(rec), cpu_count=os.cpu_count(),
+            img_s=dict(best), augment_img_s=aug, decode_img_s=max(dec_it, dec_cv),
+            ratio=aug / max(dec_it, dec_cv), ratio_vs_iter_decode=aug / dec_it, ratio_vs_cv2_decode=aug / dec_cv)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def format_result(r):
+    lines = ['records: %d (%s, %.0f KB on average), threads: %d (%d asked), batch %d, output %s, best of %d'
+             % (r['records'], r['source'], r['mean_jpeg_kb'], r['threads'], r['threads_requested'], r['batch_size'],
+                r['image_shape'], r['repeat']),
+             '%-42s %8s' % ('pipeline', 'img/s')]
+    for name, v in r['img_s'].items():
+        lines.append('%-42s %8.1f' % (name, v))
+    lines.append('ratio full augmentation / raw decode: %.2f (vs ImageRecordIter decode %.2f, vs cv2.imdecode %.2f)'
+                 % (r['ratio'], r['ratio_vs_iter_decode'], r['ratio_vs_cv2_decode']))
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog='python -m bench.io_speed', description=__doc__.split('\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--data-train', default=None,
+                   help='RecordIO file to read (.idx beside it); default: synthetic JPEGs in a temp folder')
+    p.add_argument('--data-nthreads', type=int, default=min(4, os.cpu_count() or 1),
+                   help='threads for both the decoder pool and the iterator')
+    p.add_argument('--num-images', type=int, default=512, help='records used (and written when synthetic)')
+    p.add_argument('--batch-size', type=int, default=32, help='iterator batch size')
+    p.add_argument('--image-shape', default='3,224,224', help='iterator output shape')
+    p.add_argument('--repeat', type=int, default=3, help='interleaved repetitions; the best of each is kept')
+    p.add_argument('--breakdown', type=int, default=1, choices=[0, 1],
+                   help='also time the iterator without HSL noise and the validation pipeline')
+    p.add_argument('--json', default=None, help='write the result as JSON to this file')
+    a = p.parse_args(argv)
+    from common.data import DataError
+    try:
+        r = run(a.data_train, a.data_nthreads, a.num_images, a.batch_size, a.repeat, bool(a.breakdown),
+                a.image_shape, log=lambda m: sys.stderr.write(m + '\n'))
+    except DataError as e:
+        sys.stderr.write('io_speed: error: %s\n' % e)
+        return 1
+    print(format_result(r))
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump(r, f, indent=1, sort_keys=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
