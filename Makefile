@@ -3,6 +3,7 @@
 # make demo       train a small CRU-Net on the bundled digits set, then score it
 # make install MXNET=gpu   the same for a CUDA 11.2 cluster (mxnet-cu112 instead of mxnet)
 # make bench      training/scoring throughput against the peers (installs the bench extra)
+# make imagenet IMAGENET=/data/ILSVRC2012, make places365 PLACES365=/data/places365: pack RecordIO
 PYTHON ?= python3.11
 VENV   ?= .venv
 MXNET  ?= cpu
@@ -44,6 +45,14 @@ demo: install
 bench: install
 	$(PIP) install -q -c constraints.txt -e ".[$(MXNET),test,bench]"
 	$(PY) -m bench.speed
+
+# RecordIO for ImageNet-1k / Places365-Standard from their usual layouts (see data/README.md)
+IMAGENET  ?= /data/ILSVRC2012
+PLACES365 ?= /data/places365
+imagenet: install
+	data/imagenet.sh $(IMAGENET) runs/data/imagenet
+places365: install
+	data/places365.sh $(PLACES365) runs/data/places365
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
