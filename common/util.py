@@ -107,10 +107,10 @@ def atomic_save(path, writer):
                 f.write(writer)
         else:
             writer(tmp)
-        _fsync_path(tmp)
+        _fsync(tmp)
         _before_replace_hook(path)
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        _fsync(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -123,18 +123,10 @@ def atomic_write_text(path, text):
     return atomic_save(path, text)
 
 
-def _fsync_path(path):
+def _fsync(path):
+    """Flush a file's (or a directory's entries') data to disk; best effort."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(directory):
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

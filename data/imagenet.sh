@@ -24,20 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
-  exit 2
-fi
-ROOT=$1
-OUT=${2:-runs/data/imagenet}
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-NUM_THREAD=${NUM_THREAD:-$(nproc 2>/dev/null || echo 4)}
-TRAIN_RESIZE=${TRAIN_RESIZE:-480}
-VAL_RESIZE=${VAL_RESIZE:-256}
-QUALITY=${QUALITY:-95}
-SEED=${SEED:-0}
-
-die() { echo "imagenet.sh: error: $*" >&2; exit 1; }
+. data/recipe_env.sh
+recipe_env imagenet.sh runs/data/imagenet 23 "data/$(basename "$0")" "$@"
 
 if [ -z "${TRAIN_DIR:-}" ]; then
   for d in "$ROOT/train" "$ROOT/ILSVRC/Data/CLS-LOC/train" "$ROOT/ILSVRC2012_img_train"; do

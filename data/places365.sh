@@ -20,20 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
-  exit 2
-fi
-ROOT=$1
-OUT=${2:-runs/data/places365}
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-NUM_THREAD=${NUM_THREAD:-$(nproc 2>/dev/null || echo 4)}
-TRAIN_RESIZE=${TRAIN_RESIZE:-480}
-VAL_RESIZE=${VAL_RESIZE:-256}
-QUALITY=${QUALITY:-95}
-SEED=${SEED:-0}
-
-die() { echo "places365.sh: error: $*" >&2; exit 1; }
+. data/recipe_env.sh
+recipe_env places365.sh runs/data/places365 20 "data/$(basename "$0")" "$@"
 
 if [ -z "${SIZE:-}" ]; then
   if [ -d "$ROOT/data_large" ]; then SIZE=large; else SIZE=256; fi
