@@ -1,6 +1,6 @@
 # Sourced by data/imagenet.sh and data/places365.sh after `cd` to the repository root:
 # usage/help, output folder and the environment settings both recipes share.
-#   recipe_env NAME DEFAULT_OUT HELP_LAST_LINE "$@"
+#   recipe_env NAME DEFAULT_OUT HELP_LAST_LINE SCRIPT "$@"
 recipe_env() {
   local name=$1 default_out=$2 help_end=$3 script=$4
   shift 4
