@@ -30,6 +30,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from common import perf  # noqa: E402
+perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+
 import mxnet as mx  # noqa: E402
 
 from common import evaluate as ev  # noqa: E402

@@ -22,6 +22,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from common import perf  # noqa: E402
+perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+
 import mxnet as mx  # noqa: E402  (ps-lite servers and schedulers stop inside this import)
 
 from common import data, fit  # noqa: E402
@@ -50,6 +53,11 @@ def build_parser():
     fit.add_fit_args(parser)
     parser.add_argument('--data-dir', type=str, default=os.path.join('runs', 'demo', 'data'),
                         help='demo only: where the bundled digits set is packed (once)')
+    parser.add_argument('--grouped-conv', choices=('blockdiag', 'plain'), default='blockdiag',
+                        help='how grouped 3x3 convolutions with fewer than 8 channels per group are '
+                             'computed in training: blockdiag (merged groups with a block-diagonal '
+                             'weight, oneDNN\'s direct kernel; same parameters, outputs and gradients) '
+                             'or plain; the checkpoint always stores the plain graph')
     return parser
 
 
@@ -77,17 +85,20 @@ def _networks():
     return symbols.NETWORKS
 
 
-def build_symbol(args):
-    """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape/--dtype``."""
+def build_symbol(args, grouped_conv='plain'):
+    """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape/--dtype``,
+    grouped convolutions computed as ``grouped_conv`` says (symbols.blocks.grouped_conv_impl)."""
     import symbols
+    from symbols.blocks import grouped_conv_impl
     kw = {}
     if args.setting:
         kw['setting'] = args.setting
     if args.dtype != 'float32':
         kw['dtype'] = args.dtype
     try:
-        return symbols.get_symbol(args.network, num_classes=args.num_classes, num_layers=args.num_layers,
-                                  image_shape=args.image_shape, **kw)
+        with grouped_conv_impl(grouped_conv):
+            return symbols.get_symbol(args.network, num_classes=args.num_classes,
+                                      num_layers=args.num_layers, image_shape=args.image_shape, **kw)
     except symbols.ChoiceError as exc:
         raise CLIError('--network/--num-layers/--setting: %s' % exc)
     except ValueError as exc:
@@ -119,7 +130,8 @@ def main(argv=None):
             path = getattr(args, flag)
             if path and not os.path.isfile(path):
                 raise CLIError('--%s %s: no such file' % (flag.replace('_', '-'), path))
-    result = fit.fit(args, sym, data.get_rec_iter)
+    train_sym = build_symbol(args, args.grouped_conv) if args.grouped_conv != 'plain' else sym
+    result = fit.fit(args, train_sym, data.get_rec_iter, save_network=sym)
     return result
 
 

@@ -522,10 +522,12 @@ def _init_from_checkpoint(sym, arg_params, aux_params, data_shapes, label_shapes
     return out[0], out[1], replaced
 
 
-def fit(args, network, data_loader):
+def fit(args, network, data_loader, save_network=None):
     """Train ``network`` (a Symbol, or a callable ``network(args) -> Symbol``) on the iterators
     of ``data_loader(args, kv) -> (train, val_or_None)`` (``args.batch_size`` is then the batch
-    of this worker). Returns a dict with the final ``epoch``, ``arg_params``, ``aux_params`` and
+    of this worker). ``save_network`` (same forms) is the graph written as ``PREFIX-symbol.json``
+    when it differs from the one trained (e.g. the plain graph of a faster formulation with the
+    same parameters). Returns a dict with the final ``epoch``, ``arg_params``, ``aux_params`` and
     the per-epoch ``history``."""
     check_args(args)
     contexts = get_contexts(args.gpus, args.cpus)
@@ -561,6 +563,7 @@ def fit(args, network, data_loader):
     if args.num_layers is None and not isinstance(network, mx.sym.Symbol):
         args.num_layers = default_num_layers(args.network)
     sym = _build_symbol(network, args)
+    saved_sym = sym if save_network is None else _build_symbol(save_network, args)
     lr0, wd0 = paper_recipe(args.num_layers)
     lr = args.lr if args.lr is not None else lr0
     wd = args.wd if args.wd is not None else wd0
@@ -796,7 +799,7 @@ def fit(args, network, data_loader):
 
             # ------------------------------------------------ checkpoint
             if prefix and writer and ((epoch + 1) % args.save_period == 0 or epoch + 1 == args.num_epochs):
-                save_checkpoint(mod, prefix, epoch + 1, sym, arg_p, aux_p, sched)
+                save_checkpoint(mod, prefix, epoch + 1, saved_sym, arg_p, aux_p, sched)
                 last_saved = epoch + 1
             row = dict(epoch=epoch, checkpoint=epoch + 1, lr=cur_lr if nbatch else sched.lr(epoch),
                        seconds=round(elapsed, 3), images_per_sec=round(ips * (num_workers if 'dist' in args.kv_store else 1), 2),

@@ -27,7 +27,8 @@ BN_MOMENTUM = 0.9
 #:              weight on the diagonal, exact zeros elsewhere), built inside the graph from the
 #:              same weight Variable. Same parameters, outputs and gradients; ``k`` times the
 #:              multiply-adds, but oneDNN's blocked direct kernel instead of its per-group GEMM
-#:              fallback (4 channels per group: 2.8 -> ~11 GMAC/s on AVX2). See bench/FINDINGS.md.
+#:              fallback (CRU-Net-56's conv2, 4 channels per group, forward + backward on 2 AVX2
+#:              cores: ~320 -> ~60 ms per training step of 8 images). See bench/FINDINGS.md.
 #: Default from the environment variable ``CRUNET_GROUPED_CONV``; ``grouped_conv_impl`` sets it
 #: for the symbols built inside a ``with`` block.
 GROUPED_CONV = os.environ.get('CRUNET_GROUPED_CONV', 'plain')
@@ -38,7 +39,12 @@ GROUP_CHANNELS_MULTIPLE = 8
 
 @contextlib.contextmanager
 def grouped_conv_impl(impl):
-    """``with grouped_conv_impl('blockdiag'): sym = get_symbol(...)`` builds with that formulation."""
+    """Build symbols with grouped convolution ``impl`` inside a ``with`` block::
+
+        with grouped_conv_impl('blockdiag'):
+            sym = get_symbol('crunet', num_layers=56)
+
+    Parameters (names, shapes, order), outputs and gradients are those of the plain graph."""
     global GROUPED_CONV
     if impl not in GROUPED_CONV_IMPLS:
         raise ValueError('grouped convolution impl must be one of %s, not %r' % (GROUPED_CONV_IMPLS, impl))
@@ -47,6 +53,7 @@ def grouped_conv_impl(impl):
         yield
     finally:
         GROUPED_CONV = old
+
 
 #: One stage of a network: ``units`` blocks, bottleneck width ``width`` (D), output width ``out``,
 #: ``groups`` of the grouped 3x3 (0 means depthwise: groups = width), ``share`` the number of

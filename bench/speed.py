@@ -1,0 +1,456 @@
+"""Training-step and scoring throughput of the zoo against its peers, side by side, in one run.
+
+    python -m bench.speed                                   # batch 8, 224x224, CPU, default models
+    python -m bench.speed --batch-size 32 --gpus 0 --json speed.json
+    python -m bench.speed --models crunet56 gluoncv2:crunet56 gluoncv:resnet50_v1 --repeat 3
+
+Models (``--models``; default: all of them):
+
+* this project, trained and scored with ``mx.mod.Module`` as ``common.fit`` / ``score.py`` do:
+  ``crunet56``, ``crunet116``, ``resnet50`` (pre-activation), ``resnext50`` (32x4d), ``sharesnet50``;
+* peers, hybridized Gluon (``static_alloc``/``static_shape``), imported only when asked for:
+  ``gluoncv:resnet50_v1``, ``gluoncv:resnext50_32x4d`` (package ``gluoncv``) and the community
+  port ``gluoncv2:crunet56`` (package ``gluoncv2``; ``pip install -e .[bench]``);
+* ``KEY@stock``: KEY with MXNet's out-of-the-box settings instead of ``common.perf``'s (the
+  default list adds ``gluoncv2:crunet56@stock``: the port as its users run it. Stock MXNet
+  halves the core count for OpenMP, assuming hyper-threads: one thread on this 2-core VM).
+
+Every model runs in its own subprocess (isolation, and its peak resident memory read back from
+``getrusage``): first scoring (a ``for_training=False`` bind; forward only) then the training
+step (forward, backward, SGD-momentum update, synchronised with ``waitall``), each ``--warmup``
+untimed iterations then ``--iters`` timed ones; the fastest iteration gives images/s (``--stat
+median`` for the median one: other processes only ever slow an iteration down, so the fastest is
+the most reproducible on a shared machine). Inputs are random tensors already in memory (no data
+pipeline: ``bench/io_speed.py`` measures that). ``--repeat N`` (default 2) runs all models N
+times, interleaved (round 1 of every model, then round 2 in reverse order, ...); every ratio is
+computed within a round, then the median over rounds is reported. The share of the CPU other processes took during each
+measurement is recorded (``others' CPU``): ratios taken while it is high are not reliable.
+
+Reported per model: images/s (train, score), multiply-adds per image (convolutions and
+classifier, from the plain graph: what the model costs, not what a reformulation executes),
+achieved G multiply-adds/s (train counts forward + backward as 3x the forward), peak RSS of the
+process after scoring and after training (CPU; on a GPU the device memory in use), and the ratios
+of train and score images/s to each peer. Environment settings come from ``common.perf`` and are
+the same for every model except ``@stock`` ones (they are printed and written to the JSON).
+
+This project's models are built with the fast grouped convolution (``--grouped-conv``,
+``symbols.blocks.GROUPED_CONV``; same parameters, outputs and gradients as the plain graph,
+see ``bench/FINDINGS.md``).
+"""
+import argparse
+import collections
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+# The settings must be in the environment before MXNet is imported (here, and in every child).
+if __package__ in (None, ''):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import perf  # noqa: E402  (does not import mxnet)
+
+__all__ = ['MODELS', 'PEERS', 'measure', 'run', 'format_table', 'main']
+
+Spec = collections.namedtuple('Spec', 'label kind name kwargs')
+
+#: key -> how to build it. ``kind`` 'zoo': ``symbols.get_symbol(name, **kwargs)``; 'gluoncv' /
+#: 'gluoncv2': the package's ``get_model(name)``.
+MODELS = collections.OrderedDict([
+    ('crunet56', Spec('CRU-Net-56 @x14 32x4d (this project)', 'zoo', 'crunet', dict(num_layers=56))),
+    ('crunet116', Spec('CRU-Net-116 @x28x14 32x4d (this project)', 'zoo', 'crunet', dict(num_layers=116))),
+    ('resnet50', Spec('ResNet-50 pre-act (this project)', 'zoo', 'resnet', dict(num_layers=50))),
+    ('resnext50', Spec('ResNeXt-50 32x4d (this project)', 'zoo', 'resnext', dict(num_layers=50))),
+    ('sharesnet50', Spec('ShaResNet-50 (this project)', 'zoo', 'sharesnet', dict(num_layers=50))),
+    ('gluoncv:resnet50_v1', Spec('GluonCV resnet50_v1 (peer)', 'gluoncv', 'resnet50_v1', {})),
+    ('gluoncv:resnext50_32x4d', Spec('GluonCV resnext50_32x4d (peer)', 'gluoncv', 'resnext50_32x4d', {})),
+    ('gluoncv2:crunet56', Spec('gluoncv2 crunet56, community port (peer)', 'gluoncv2', 'crunet56', {})),
+])
+#: ``KEY@stock`` runs KEY with MXNet's out-of-the-box settings (``common.perf`` not applied:
+#: ``CRUNET_PERF_DEFAULTS=0``), what a user of the peer gets without this project's settings.
+STOCK = '@stock'
+DEFAULT_MODELS = list(MODELS) + ['gluoncv2:crunet56' + STOCK]
+#: peers every model is compared with (ratio columns), when they are part of the run
+PEERS = ('gluoncv2:crunet56', 'gluoncv:resnet50_v1', 'gluoncv:resnext50_32x4d', 'gluoncv2:crunet56' + STOCK)
+PEER_SHORT = {'gluoncv2:crunet56': 'port-CRU56', 'gluoncv:resnet50_v1': 'gcv-R50',
+              'gluoncv:resnext50_32x4d': 'gcv-RX50', 'gluoncv2:crunet56' + STOCK: 'port-CRU56 stock'}
+
+
+def _spec(key):
+    return MODELS[key.split('@')[0]]
+
+
+def _label(key):
+    return _spec(key).label + (', MXNet stock settings' if key.endswith(STOCK) else '')
+RESULT_TAG = 'BENCH_SPEED_RESULT '
+
+
+# ============================================================================ child: one model
+def _peak_rss_mb():
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return kb / 1024.0 if sys.platform != 'darwin' else kb / 2.0 ** 20
+
+
+def _device_mem_mb(mx, ctx):
+    if ctx.device_type != 'gpu':
+        return None
+    free, total = mx.context.gpu_memory_info(ctx.device_id)
+    return (total - free) / 2.0 ** 20
+
+
+def _cpu_jiffies():
+    """(busy jiffies of the whole machine, jiffies used by this process), or None off Linux."""
+    try:
+        with open('/proc/stat') as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        with open('/proc/self/stat') as f:
+            own = f.read().rsplit(')', 1)[1].split()
+        return sum(v) - v[3] - (v[4] if len(v) > 4 else 0), int(own[11]) + int(own[12])
+    except (OSError, ValueError, IndexError):  # pragma: no cover
+        return None
+
+
+def _timed(fn, warmup, iters):
+    """Per-iteration wall times, and the share of the machine's CPU that *other* processes used
+    meanwhile (0: the machine was ours; 0.5 on 2 cores: another process held a whole core)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    j0, t0 = _cpu_jiffies(), time.perf_counter()
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    j1, wall = _cpu_jiffies(), time.perf_counter() - t0
+    others = None
+    if j0 and j1:
+        hz = os.sysconf('SC_CLK_TCK')
+        others = max(0.0, ((j1[0] - j0[0]) - (j1[1] - j0[1])) / float(hz) / (wall * (os.cpu_count() or 1)))
+    return times, others
+
+
+def _ips(bs, times, stat):
+    import numpy as np
+    return bs / float(min(times) if stat == 'best' else np.median(times))
+
+
+def _macs(sym, image_size):
+    from symbols import count_macs
+    try:
+        return count_macs(sym, '3,%d,%d' % (image_size, image_size))
+    except Exception:  # pragma: no cover - a peer graph count_macs cannot read
+        return None
+
+
+def _zoo_runners(mx, spec, args, ctx, data, label):
+    from symbols import blocks, get_symbol
+    image_shape = '3,%d,%d' % (args.image_size, args.image_size)
+    plain = get_symbol(spec.name, image_shape=image_shape, **spec.kwargs)
+    with blocks.grouped_conv_impl(args.grouped_conv):
+        sym = get_symbol(spec.name, image_shape=image_shape, **spec.kwargs)
+    assert sym.list_arguments() == plain.list_arguments()
+    shapes = dict(data_shapes=[('data', data.shape)], label_shapes=[('softmax_label', label.shape)])
+    init = mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2)
+    batch = mx.io.DataBatch([data], [label])
+    state = {}
+
+    def setup_score():
+        mod = mx.mod.Module(sym, context=ctx)
+        mod.bind(for_training=False, **shapes)
+        mod.init_params(init)
+        state['score'] = mod
+
+    def score():
+        mod = state['score']
+        mod.forward(batch, is_train=False)
+        mod.get_outputs()[0].wait_to_read()
+
+    def setup_train():
+        state.pop('score', None)
+        mod = mx.mod.Module(sym, context=ctx)
+        mod.bind(for_training=True, **shapes)
+        mod.init_params(init)
+        mod.init_optimizer(optimizer='sgd', optimizer_params=dict(
+            learning_rate=1e-3, momentum=0.9, wd=1e-4, rescale_grad=1.0 / data.shape[0]))
+        state['train'] = mod
+
+    def train():
+        mod = state['train']
+        mod.forward(batch, is_train=True)
+        mod.backward()
+        mod.update()
+        mx.nd.waitall()
+
+    return plain, setup_score, score, setup_train, train
+
+
+def _gluon_runners(mx, spec, args, ctx, data, label):
+    from mxnet import autograd, gluon
+    if spec.kind == 'gluoncv':
+        from gluoncv.model_zoo import get_model
+    else:
+        from gluoncv2.model_provider import get_model
+    net = get_model(spec.name, pretrained=False)
+    net.initialize(mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2), ctx=ctx)
+    plain = net(mx.sym.var('data'))
+    net.hybridize(static_alloc=True, static_shape=True)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    state = {}
+
+    def setup_score():
+        pass
+
+    def score():
+        net(data).wait_to_read()
+
+    def setup_train():
+        state['trainer'] = gluon.Trainer(net.collect_params(), 'sgd', dict(
+            learning_rate=1e-3, momentum=0.9, wd=1e-4))
+
+    def train():
+        with autograd.record():
+            loss = loss_fn(net(data), label)
+        loss.backward()
+        state['trainer'].step(data.shape[0])
+        mx.nd.waitall()
+
+    return plain, setup_score, score, setup_train, train
+
+
+def measure(key, args):
+    """Measure one model in this process; returns a dict (see the module docstring)."""
+    import warnings
+    warnings.filterwarnings('ignore')
+    import mxnet as mx
+    import numpy as np
+
+    spec = _spec(key)
+    ctx = mx.gpu(args.gpus[0]) if args.gpus else mx.cpu()
+    bs, size = args.batch_size, args.image_size
+    rng = np.random.RandomState(0)
+    data = mx.nd.array(rng.uniform(-1, 1, (bs, 3, size, size)), ctx=ctx)
+    label = mx.nd.array(rng.randint(0, 1000, bs), ctx=ctx)
+    make = _zoo_runners if spec.kind == 'zoo' else _gluon_runners
+    t0 = time.perf_counter()
+    plain, setup_score, score, setup_train, train = make(mx, spec, args, ctx, data, label)
+    out = dict(model=key, label=_label(key), batch_size=bs, image_size=size,
+               macs=_macs(plain, size), device=str(ctx))
+    if 'score' in args.modes:
+        setup_score()
+        times, others = _timed(score, args.warmup, args.iters)
+        out.update(score_times=times, score_ips=_ips(bs, times, args.stat), score_others_cpu=others,
+                   score_peak_mb=_device_mem_mb(mx, ctx) or _peak_rss_mb())
+    if 'train' in args.modes:
+        setup_train()
+        times, others = _timed(train, args.warmup, args.iters)
+        out.update(train_times=times, train_ips=_ips(bs, times, args.stat), train_others_cpu=others,
+                   train_peak_mb=_device_mem_mb(mx, ctx) or _peak_rss_mb())
+    out['seconds'] = time.perf_counter() - t0
+    return out
+
+
+# ============================================================================ parent: all models
+def _child_cmd(key, args):
+    cmd = [sys.executable, '-m', 'bench.speed', '--child', key, '--batch-size', str(args.batch_size),
+           '--image-size', str(args.image_size), '--warmup', str(args.warmup), '--iters', str(args.iters),
+           '--grouped-conv', args.grouped_conv, '--stat', args.stat, '--modes'] + list(args.modes)
+    if args.gpus:
+        cmd += ['--gpus', ','.join(str(g) for g in args.gpus)]
+    return cmd
+
+
+def _run_child(key, args, log):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    load = os.getloadavg()[0]
+    env = dict(os.environ)
+    if key.endswith(STOCK):
+        env['CRUNET_PERF_DEFAULTS'] = '0'
+        for name in perf.defaults():
+            if os.environ.get(name) == perf.APPLIED.get(name):
+                env.pop(name, None)  # set by configure() in this process, not by the user
+    proc = subprocess.run(_child_cmd(key, args), cwd=root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=args.timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            res = json.loads(line[len(RESULT_TAG):])
+            res['load_before'] = load
+            res['load_after'] = os.getloadavg()[0]
+            return res
+    tail = '\n'.join((proc.stdout + proc.stderr).splitlines()[-15:])
+    log('  %s failed (exit %d):\n%s' % (key, proc.returncode, tail))
+    return dict(model=key, label=_label(key), error=tail, returncode=proc.returncode)
+
+
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def summarize(rounds, models, peers):
+    """Per model: median over rounds of images/s, ratios to each peer (computed within each round),
+    G multiply-adds/s and peak memory; plus the per-round ratios (for reproducibility checks)."""
+    rows = collections.OrderedDict()
+    for key in models:
+        runs = [r[key] for r in rounds if key in r and 'error' not in r[key]]
+        if not runs:
+            rows[key] = dict(model=key, label=_label(key), error=[r[key].get('error') for r in rounds if key in r][:1])
+            continue
+        row = dict(model=key, label=_label(key), macs=runs[0].get('macs'))
+        row['others_cpu_max'] = max([r.get(m + '_others_cpu') or 0 for r in runs for m in ('train', 'score')])
+        for mode in ('train', 'score'):
+            ips = [r.get(mode + '_ips') for r in runs]
+            row[mode + '_ips'] = _median(ips)
+            row[mode + '_ips_rounds'] = ips
+            row[mode + '_peak_mb'] = max([r.get(mode + '_peak_mb') or 0 for r in runs]) or None
+            factor = 3.0 if mode == 'train' else 1.0
+            if row['macs'] and row[mode + '_ips']:
+                row[mode + '_gmacs'] = factor * row['macs'] * row[mode + '_ips'] / 1e9
+            for peer in peers:
+                per_round = []
+                for r in rounds:
+                    a, b = r.get(key, {}).get(mode + '_ips'), r.get(peer, {}).get(mode + '_ips')
+                    per_round.append(a / b if a and b else None)
+                row['%s_x_%s' % (mode, peer)] = _median(per_round)
+                row['%s_x_%s_rounds' % (mode, peer)] = per_round
+        rows[key] = row
+    return rows
+
+
+def _fmt(v, spec='%.2f'):
+    return '-' if v is None else spec % v
+
+
+def format_table(rows, peers):
+    """Markdown table of :func:`summarize`'s rows."""
+    head = ['model', 'G MACs', 'train img/s', 'score img/s', 'train GMAC/s', 'score GMAC/s']
+    head += ['train x %s' % PEER_SHORT.get(p, p) for p in peers]
+    head += ['score x %s' % PEER_SHORT.get(p, p) for p in peers]
+    head += ['peak RSS train MB', 'peak RSS score MB', 'others\' CPU']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for key, row in rows.items():
+        if 'error' in row:
+            lines.append('| %s | failed: %s |' % (key, (row['error'] or ['?'])[0].splitlines()[-1][:80]
+                                                  if row['error'] and row['error'][0] else 'failed'))
+            continue
+        cells = [key, _fmt(row['macs'] and row['macs'] / 1e9), _fmt(row.get('train_ips')),
+                 _fmt(row.get('score_ips')), _fmt(row.get('train_gmacs'), '%.1f'), _fmt(row.get('score_gmacs'), '%.1f')]
+        cells += [_fmt(row.get('train_x_%s' % p), '%.2fx') for p in peers]
+        cells += [_fmt(row.get('score_x_%s' % p), '%.2fx') for p in peers]
+        cells += [_fmt(row.get('train_peak_mb'), '%.0f'), _fmt(row.get('score_peak_mb'), '%.0f'),
+                  _fmt(row.get('others_cpu_max') and 100 * row['others_cpu_max'], '%.0f%%')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def run(args, log=print):
+    """Run every model ``args.repeat`` times (interleaved) in subprocesses; returns the report dict."""
+    models = list(args.models)
+    peers = [p for p in PEERS if p in models]
+    rounds = []
+    t0 = time.time()
+    for r in range(args.repeat):
+        results = {}
+        # odd rounds run the list backwards, so a slow drift of the machine's speed (other virtual
+        # machines on the host, clocks) cancels in the median of the ratios
+        for key in (models if r % 2 == 0 else models[::-1]):
+            log('[round %d/%d] %s (load %.2f)' % (r + 1, args.repeat, key, os.getloadavg()[0]))
+            res = _run_child(key, args, log)
+            results[key] = res
+            if 'error' not in res:
+                log('  train %s img/s, score %s img/s, peak RSS %s MB' % (
+                    _fmt(res.get('train_ips')), _fmt(res.get('score_ips')), _fmt(res.get('train_peak_mb'), '%.0f')))
+        rounds.append(results)
+    rows = summarize(rounds, models, peers)
+    import mxnet as mx
+    report = dict(
+        command=' '.join(['python -m bench.speed'] + sys.argv[1:]),
+        settings=dict(batch_size=args.batch_size, image_size=args.image_size, gpus=args.gpus, stat=args.stat,
+                      warmup=args.warmup, iters=args.iters, repeat=args.repeat, grouped_conv=args.grouped_conv),
+        environment=dict(perf.describe(), mxnet=mx.__version__, python=platform.python_version(),
+                         machine=platform.machine(), cpu=_cpu_name(), cores=os.cpu_count(),
+                         load_end=os.getloadavg()),
+        seconds=time.time() - t0, peers=peers, rows=list(rows.values()), rounds=rounds,
+        table=format_table(rows, peers))
+    return report
+
+
+def _cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    return platform.processor()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--image-size', type=int, default=224)
+    p.add_argument('--gpus', default='', help='GPU ids, e.g. 0 (one GPU is used); CPU when empty')
+    p.add_argument('--models', nargs='+', default=DEFAULT_MODELS, metavar='MODEL',
+                   help='any of: %s; KEY%s runs KEY with MXNet\'s stock settings (default: %s)'
+                   % (', '.join(MODELS), STOCK, ' '.join(DEFAULT_MODELS)))
+    p.add_argument('--modes', nargs='+', default=['score', 'train'], choices=['score', 'train'])
+    p.add_argument('--warmup', type=int, default=2, help='untimed iterations per measurement')
+    p.add_argument('--iters', type=int, default=4, help='timed iterations per measurement')
+    p.add_argument('--stat', default='best', choices=['best', 'median'],
+                   help='images/s from the fastest timed iteration (default: other processes only ever '
+                        'slow an iteration down) or from the median one')
+    p.add_argument('--repeat', type=int, default=2,
+                   help='rounds over all models, interleaved, every other one in reverse order; ratios are '
+                        'the median over rounds (default 2: ~9 minutes for the default list on 2 cores; '
+                        'one process of a model can run ~10%% faster or slower than the next, so one '
+                        'round is a quick look, not a reproducible ratio)')
+    p.add_argument('--grouped-conv', default='blockdiag', choices=['blockdiag', 'plain'],
+                   help="this project's grouped-convolution formulation (symbols.blocks.GROUPED_CONV)")
+    p.add_argument('--timeout', type=float, default=1800, help='seconds allowed to one model')
+    p.add_argument('--json', help='write the report (all rounds, all iterations) here')
+    p.add_argument('--child', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    bad = [m for m in args.models if m.split('@')[0] not in MODELS or m.count('@') > 1
+           or ('@' in m and not m.endswith(STOCK))]
+    if bad:
+        p.error('unknown model(s) %s; choose from %s (optionally with %s)' % (', '.join(bad), ', '.join(MODELS), STOCK))
+    args.gpus = [int(g) for g in str(args.gpus).split(',') if g.strip() != '']
+    if args.batch_size < 1 or args.image_size < 32 or args.iters < 1 or args.warmup < 0 or args.repeat < 1:
+        p.error('need --batch-size >= 1, --image-size >= 32, --iters >= 1, --warmup >= 0, --repeat >= 1')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    perf.configure()
+    if args.child:
+        res = measure(args.child, args)
+        sys.stdout.write(RESULT_TAG + json.dumps(res) + '\n')
+        return 0
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    log('settings: %s' % ' '.join('%s=%s' % kv for kv in sorted(perf.describe().items())))
+    report = run(args, log)
+    print('\n%s, batch %d, %dx%d, %s; %s of %d timed iterations after %d warm-up, %d round(s)\n'
+          % (report['environment']['cpu'], args.batch_size, args.image_size, args.image_size,
+             'GPU %s' % args.gpus[0] if args.gpus else 'CPU (%d cores)' % os.cpu_count(),
+             'fastest' if args.stat == 'best' else 'median', args.iters, args.warmup, args.repeat))
+    print(report['table'])
+    print('\nGMAC/s: multiply-adds per image x images/s (train: x3, forward + backward). '
+          'x PEER: images/s ratio to the peer, same round (median over rounds). Peak RSS in MB of the '
+          'model\'s process. others\' CPU: the largest share of the machine other processes used '
+          'during a measurement (above ~10%, rerun on a quieter machine).')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(report, f, indent=1)
+        log('wrote %s' % args.json)
+    return 0 if all('error' not in row for row in report['rows']) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
