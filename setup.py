@@ -13,6 +13,7 @@ setup(
         'numpy<1.24',        # mxnet 1.9.1 still uses np.bool
         'scikit-learn',      # ships the bundled demo images (handwritten digits)
         'pillow',
+        'opencv-python',     # image decoding/encoding in data/ and common/evaluate.py
         'matplotlib',
         'graphviz<0.9',      # mx.viz.plot_network
         'onnx',
@@ -25,6 +26,6 @@ setup(
         'gpu': ['mxnet-cu112==1.9.1'],
         'test': ['pytest'],
         # peers for bench/ only
-        'bench': ['gluoncv==0.10.5.post0', 'gluoncv2==0.0.64', 'opencv-python', 'pandas'],
+        'bench': ['gluoncv==0.10.5.post0', 'gluoncv2==0.0.64', 'pandas'],
     },
 )
