@@ -13,7 +13,7 @@ setup(
         'numpy<1.24',        # mxnet 1.9.1 still uses np.bool
         'scikit-learn',      # ships the bundled demo images (handwritten digits)
         'pillow',
-        'opencv-python',     # image decoding/encoding in data/ and common/evaluate.py
+        'opencv-python',     # image decoding/encoding in data/im2rec.py and data/demo.py
         'matplotlib',
         'graphviz<0.9',      # mx.viz.plot_network
         'onnx',
