@@ -182,3 +182,27 @@ def test_perf_build_symbol_and_configure():
     assert env['MXNET_CPU_WORKER_NTHREADS'] == '1'
     assert perf.configure({'CRUNET_PERF_DEFAULTS': '0'}) == {}
     assert int(perf.defaults()['OMP_NUM_THREADS']) == perf.physical_cores() >= 1
+
+
+def test_bench_speed_summary_without_peers_installed():
+    """bench.speed imports without gluoncv; ratios are taken within a round, busy rounds dropped."""
+    from bench import speed
+    args = speed.parse_args([])
+    assert args.models == speed.DEFAULT_MODELS and args.repeat == 2 and args.stat == 'best'
+    assert speed.parse_args(['--models', 'crunet56', 'gluoncv2:crunet56@stock']).models[-1].endswith('@stock')
+    with pytest.raises(SystemExit):
+        speed.parse_args(['--models', 'nonet'])
+    peer = 'gluoncv2:crunet56'
+
+    def res(key, train, score, others=0.0):
+        return {'model': key, 'macs': 5.63e9, 'train_ips': train, 'score_ips': score,
+                'train_others_cpu': others, 'score_others_cpu': others, 'train_peak_mb': 1000.0}
+    rounds = [{'crunet56': res('crunet56', 3.0, 12.0), peer: res(peer, 2.0, 10.0)},
+              {'crunet56': res('crunet56', 1.0, 6.0, others=0.5), peer: res(peer, 3.0, 10.0)},
+              {'crunet56': res('crunet56', 3.3, 12.0), peer: res(peer, 3.0, 12.0)}]
+    rows = speed.summarize(rounds, ['crunet56', peer], [peer], max_others=0.15)
+    row = rows['crunet56']
+    assert row['train_x_%s' % peer] == pytest.approx((1.5 + 1.1) / 2)  # the busy round left out
+    assert row['train_gmacs'] == pytest.approx(3 * 5.63 * 3.15)
+    table = speed.format_table(rows, [peer])
+    assert table.splitlines()[0].startswith('| model |') and '1.30x' in table
