@@ -7,7 +7,6 @@
 """
 import importlib
 
-import mxnet as mx
 
 from ._registry import ChoiceError
 from .stats import count_aux, count_macs, count_params, model_size_mb
