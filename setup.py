@@ -1,29 +1,43 @@
-"""CRU-Net, ShaResNet and ResNet/ResNeXt baselines in MXNet Symbol form."""
+"""CRU-Net, ShaResNet and ResNet/ResNeXt baselines in MXNet Symbol form.
+
+A non-editable install puts two packages in site-packages: ``symbols`` (the model zoo, the
+documented import) and ``crunet`` (training, scoring, data, launcher), with the data recipes of
+``data/`` as ``crunet/recipes``; and the commands ``crunet-train``, ``crunet-score``,
+``crunet-im2rec``, ``crunet-export`` and ``crunet-launch``.
+"""
 from setuptools import setup
 
 setup(
     name='crunet-mxnet',
-    version='0.1.0',
+    version='0.2.0',
     description='Collective Residual Units (CRU-Net) and ShaResNet for MXNet, '
                 'loading the released CRU-Net checkpoints on stock MXNet 1.9.1',
     python_requires='>=3.8',
-    packages=['symbols', 'common', 'data', 'bench', 'tools'],
-    py_modules=['train_imagenet', 'score'],
+    packages=['symbols', 'crunet', 'crunet.cli', 'crunet.data', 'crunet.train', 'crunet.recipes'],
+    package_dir={'crunet.recipes': 'data'},
+    package_data={'crunet.recipes': ['*.sh', 'README.md']},
+    entry_points={'console_scripts': [
+        'crunet-train = crunet.cli.train:run',
+        'crunet-score = crunet.cli.score:run',
+        'crunet-im2rec = crunet.data.im2rec:run',
+        'crunet-export = symbols.export:run',
+        'crunet-launch = crunet.launch:run',
+    ]},
     install_requires=[
         'numpy<1.24',        # mxnet 1.9.1 still uses np.bool
         'scikit-learn',      # ships the bundled demo images (handwritten digits)
         'pillow',
-        'opencv-python',     # image decoding/encoding in data/im2rec.py and data/demo.py
-        'matplotlib',
+        'opencv-python<4.9',  # image decoding/encoding in crunet.data (4.9+ wants numpy>=1.24 wheels)
+        'matplotlib<3.8',
         'graphviz<0.9',      # mx.viz.plot_network
-        'onnx',
-        'protobuf',
         'requests',
     ],
     extras_require={
         # exactly one MXNet build: `pip install -e .[cpu]` or `pip install -e .[gpu]`
         'cpu': ['mxnet==1.9.1'],
         'gpu': ['mxnet-cu112==1.9.1'],
+        # MXNet 1.9.1's ONNX exporter imports onnx.mapping (gone in onnx 1.19) and needs protobuf 3
+        'onnx': ['onnx>=1.10,<1.15', 'protobuf>=3.20,<4'],
         'test': ['pytest'],
         # peers for bench/ only
         'bench': ['gluoncv==0.10.5.post0', 'gluoncv2==0.0.64', 'pandas'],

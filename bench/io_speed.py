@@ -11,7 +11,7 @@ ImageRecordIter really uses: MXNet caps ``preprocess_threads`` at ``max(CPUs/2 -
   to do (an 8x8 centre crop, the least output it can give: its own decoder, reader and
   threads), and OpenCV's ``cv2.imdecode`` of the records' bytes (already in memory) on a pool
   of N Python threads;
-* full augmentation: ``ImageRecordIter`` exactly as ``common.data.get_rec_iter`` builds it for
+* full augmentation: ``ImageRecordIter`` exactly as ``crunet.data.iterators.get_rec_iter`` builds it for
   training (random-resized crop 8-100% area, aspect 3/4-4/3, mirror, HSL noise 20/40/50, bicubic
   resize to 224, mean/scale) with ``preprocess_threads=N``;
 * with ``--breakdown 1`` (default) also: augmentation without the HSL noise, a plain centre 224
@@ -62,7 +62,7 @@ def synthetic_image(rng, width=500, height=375):
 def synthetic_rec(prefix, num_images=512, width=500, height=375, quality=90, seed=0, num_classes=10):
     """Write ``num_images`` synthetic JPEG records to ``prefix.rec/.idx``; returns the .rec path."""
     import cv2
-    from data.im2rec import RecordWriter, pack_header
+    from crunet.data.recordio import RecordWriter, pack_header
     rng = np.random.RandomState(seed)
     w = RecordWriter(prefix + '.rec', prefix + '.idx')
     for i in range(num_images):
@@ -74,7 +74,7 @@ def synthetic_rec(prefix, num_images=512, width=500, height=375, quality=90, see
 
 def load_images(rec, limit):
     """The image bytes of the first ``limit`` records of ``rec``."""
-    from data.im2rec import iter_payloads, unpack_header
+    from crunet.data.recordio import iter_payloads, unpack_header
     return [unpack_header(p)[2] for _, p in iter_payloads(rec, limit=limit)]
 
 
@@ -94,7 +94,7 @@ def measure_decode(blobs, nthreads):
 
 
 def _args(rec, nthreads, batch_size, image_shape, **over):
-    from common import data as cd
+    from crunet.data import iterators as cd
     p = argparse.ArgumentParser()
     cd.add_data_args(p)
     cd.add_data_aug_args(p)
@@ -128,8 +128,8 @@ def _time_iter(make, num_batches):
 
 
 def measure_iter(args, num_batches):
-    """Images/s of the training iterator ``common.data`` builds from ``args``, over ``num_batches``."""
-    from common import data as cd
+    """Images/s of the training iterator ``crunet.data.iterators`` builds from ``args``, over ``num_batches``."""
+    from crunet.data import iterators as cd
     return _time_iter(lambda: cd._train_iter(args), num_batches)
 
 
@@ -137,7 +137,7 @@ def measure_iter_decode(args, num_batches, crop=8):
     """Images/s of the same ImageRecordIter doing nothing but read + decode (+ a ``crop`` x ``crop``
     centre crop, the least output it can give): the raw decode rate of its own decoder and threads."""
     import mxnet as mx
-    from common import data as cd
+    from crunet.data import iterators as cd
     kw, _ = cd._common(args, args.data_train, (3, crop, crop))
     kw.update(batch_size=args.batch_size, shuffle=True, seed=0, round_batch=True)
     return _time_iter(lambda: mx.io.ImageRecordIter(**kw), num_batches)
@@ -156,7 +156,7 @@ CASES = [
 def run(rec=None, nthreads=2, num_images=512, batch_size=32, repeat=3, breakdown=True, image_shape='3,224,224',
         log=print):
     """Run the benchmark; returns a dict with images/s per pipeline and the ratio."""
-    from common import data as cd
+    from crunet.data import iterators as cd
     tmp = None
     try:
         if not rec:
@@ -227,7 +227,7 @@ def main(argv=None):
                    help='also time the iterator without HSL noise and the validation pipeline')
     p.add_argument('--json', default=None, help='write the result as JSON to this file')
     a = p.parse_args(argv)
-    from common.data import DataError
+    from crunet.data.iterators import DataError
     try:
         r = run(a.data_train, a.data_nthreads, a.num_images, a.batch_size, a.repeat, bool(a.breakdown),
                 a.image_shape, log=lambda m: sys.stderr.write(m + '\n'))

@@ -30,7 +30,7 @@ import time
 
 if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import perf  # noqa: E402
+from crunet import perf  # noqa: E402
 
 __all__ = ['dnnl_shape_key', 'conv_layers', 'parse_verbose', 'profile_dnnl', 'profile_ops', 'main']
 

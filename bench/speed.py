@@ -6,12 +6,12 @@
 
 Models (``--models``; default: all of them):
 
-* this project, trained and scored with ``mx.mod.Module`` as ``common.fit`` / ``score.py`` do:
+* this project, trained and scored with ``mx.mod.Module`` as ``crunet.train.fit`` / ``score.py`` do:
   ``crunet56``, ``crunet116``, ``resnet50`` (pre-activation), ``resnext50`` (32x4d), ``sharesnet50``;
 * peers, hybridized Gluon (``static_alloc``/``static_shape``), imported only when asked for:
   ``gluoncv:resnet50_v1``, ``gluoncv:resnext50_32x4d`` (package ``gluoncv``) and the community
   port ``gluoncv2:crunet56`` (package ``gluoncv2``; ``pip install -e .[bench]``);
-* ``KEY@stock``: KEY with MXNet's out-of-the-box settings instead of ``common.perf``'s (the
+* ``KEY@stock``: KEY with MXNet's out-of-the-box settings instead of ``crunet.perf``'s (the
   default list adds ``gluoncv2:crunet56@stock``: the port as its users run it. Stock MXNet
   halves the core count for OpenMP, assuming hyper-threads: one thread on this 2-core VM).
 
@@ -21,7 +21,7 @@ step (forward, backward, SGD-momentum update, synchronised with ``waitall``), ea
 untimed iterations then ``--iters`` timed ones; the fastest iteration gives images/s (``--stat
 median`` for the median one: other processes only ever slow an iteration down, so the fastest is
 the most reproducible on a shared machine). Inputs are random tensors already in memory (no data
-pipeline: ``bench/io_speed.py`` measures that). ``--repeat N`` (default 2) runs all models N
+pipeline: ``bench/io_speed.py`` measures that). ``--repeat N`` (default 3) runs all models N
 times, interleaved (round 1 of every model, then round 2 in reverse order, ...); every ratio is
 computed within a round, then the median over rounds is reported. The share of the CPU other processes took during each
 measurement is recorded (``others' CPU``); a measurement above ``--max-others`` (15%) is taken
@@ -32,7 +32,7 @@ Reported per model: images/s (train, score), multiply-adds per image (convolutio
 classifier, from the plain graph: what the model costs, not what a reformulation executes),
 achieved G multiply-adds/s (train counts forward + backward as 3x the forward), peak RSS of the
 process after scoring and after training (CPU; on a GPU the device memory in use), and the ratios
-of train and score images/s to each peer. Environment settings come from ``common.perf`` and are
+of train and score images/s to each peer. Environment settings come from ``crunet.perf`` and are
 the same for every model except ``@stock`` ones (they are printed and written to the JSON).
 
 This project's models are built with the fast grouped convolution (``--grouped-conv``,
@@ -52,7 +52,7 @@ import time
 # The settings must be in the environment before MXNet is imported (here, and in every child).
 if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import perf  # noqa: E402  (does not import mxnet)
+from crunet import perf  # noqa: E402  (does not import mxnet)
 
 __all__ = ['MODELS', 'PEERS', 'measure', 'run', 'format_table', 'main']
 
@@ -70,7 +70,7 @@ MODELS = collections.OrderedDict([
     ('gluoncv:resnext50_32x4d', Spec('GluonCV resnext50_32x4d (peer)', 'gluoncv', 'resnext50_32x4d', {})),
     ('gluoncv2:crunet56', Spec('gluoncv2 crunet56, community port (peer)', 'gluoncv2', 'crunet56', {})),
 ])
-#: ``KEY@stock`` runs KEY with MXNet's out-of-the-box settings (``common.perf`` not applied:
+#: ``KEY@stock`` runs KEY with MXNet's out-of-the-box settings (``crunet.perf`` not applied:
 #: ``CRUNET_PERF_DEFAULTS=0``), what a user of the peer gets without this project's settings.
 STOCK = '@stock'
 DEFAULT_MODELS = list(MODELS) + ['gluoncv2:crunet56' + STOCK]
@@ -426,15 +426,15 @@ def parse_args(argv=None):
                    % (', '.join(MODELS), STOCK, ' '.join(DEFAULT_MODELS)))
     p.add_argument('--modes', nargs='+', default=['score', 'train'], choices=['score', 'train'])
     p.add_argument('--warmup', type=int, default=2, help='untimed iterations per measurement')
-    p.add_argument('--iters', type=int, default=4, help='timed iterations per measurement')
+    p.add_argument('--iters', type=int, default=3, help='timed iterations per measurement')
     p.add_argument('--stat', default='best', choices=['best', 'median'],
                    help='images/s from the fastest timed iteration (default: other processes only ever '
                         'slow an iteration down) or from the median one')
-    p.add_argument('--repeat', type=int, default=2,
+    p.add_argument('--repeat', type=int, default=3,
                    help='rounds over all models, interleaved, every other one in reverse order; ratios are '
-                        'the median over rounds (default 2: ~9 minutes for the default list on 2 cores; '
-                        'one process of a model can run ~10%% faster or slower than the next, so one '
-                        'round is a quick look, not a reproducible ratio)')
+                        'the median over rounds (default 3: ~10 minutes for the default list on 2 idle '
+                        'cores; one process of a model can run ~10%% faster or slower than the next, so '
+                        'one round is a quick look, not a reproducible ratio)')
     p.add_argument('--grouped-conv', default='blockdiag', choices=['blockdiag', 'plain'],
                    help="this project's grouped-convolution formulation (symbols.blocks.GROUPED_CONV)")
     p.add_argument('--max-others', type=float, default=0.15,

@@ -56,7 +56,7 @@ fi
 
 mkdir -p "$OUT"
 echo "imagenet.sh: train $TRAIN_DIR, val $VAL_DIR ${VAL_LIST[*]:-(class folders)} -> $OUT" >&2
-IM2REC=("$PYTHON" -m data.im2rec)
+IM2REC=("$PYTHON" -m crunet.data.im2rec)
 "${IM2REC[@]}" list "$OUT/imagenet1k_train" "$TRAIN_DIR" --seed "$SEED"
 "${IM2REC[@]}" list "$OUT/imagenet1k_val" "$VAL_DIR" --seed "$SEED" ${VAL_LIST[@]+"${VAL_LIST[@]}"}
 "${IM2REC[@]}" pack "$OUT/imagenet1k_val.lst" --root "$VAL_DIR" --resize "$VAL_RESIZE" --quality "$QUALITY" \

@@ -35,7 +35,7 @@ for d in "$TRAIN_DIR" "$VAL_DIR"; do [ -d "$d" ] || die "image folder not found:
 
 mkdir -p "$OUT"
 echo "places365.sh: train $TRAIN_DIR ($TRAIN_TXT), val $VAL_DIR ($VAL_TXT) -> $OUT" >&2
-IM2REC=("$PYTHON" -m data.im2rec)
+IM2REC=("$PYTHON" -m crunet.data.im2rec)
 "${IM2REC[@]}" list "$OUT/places365_train" "$TRAIN_DIR" --list-file "$TRAIN_TXT" --seed "$SEED"
 "${IM2REC[@]}" list "$OUT/places365_val" "$VAL_DIR" --list-file "$VAL_TXT" --seed "$SEED"
 if [ -f "$ROOT/categories_places365.txt" ]; then

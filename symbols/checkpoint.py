@@ -26,10 +26,13 @@ import warnings
 
 import mxnet as mx
 
+from crunet.errors import error_line
+from crunet.files import atomic_save
+
 from .blocks import parse_shape
 
 __all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'upgrade_json', 'load_symbol',
-           'load_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
+           'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
            'expected_shapes', 'num_classes_of', 'data_shape_of', 'head_op', 'logits_symbol', 'inference_symbol',
            'mean_max_symbol', 'symbol_path', 'params_path']
 
@@ -102,16 +105,6 @@ def upgrade_json(text):
     return json.dumps(graph), converted
 
 
-def _first_line(err):
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    msg = lines[0] if lines else err.__class__.__name__
-    for ln in lines:  # MXNet puts the useful part after "Check failed" / "MXNetError:"
-        if 'Check failed' in ln or 'not registered' in ln or 'Error' in ln:
-            msg = ln
-            break
-    return msg[:300]
-
-
 def symbol_path(prefix):
     return '%s-symbol.json' % prefix
 
@@ -131,11 +124,11 @@ def load_symbol(path):
     except (ValueError, UnicodeDecodeError) as err:
         if isinstance(err, CheckpointError):
             raise CheckpointError('%s: %s' % (path, err))
-        raise CheckpointError('%s: not a symbol JSON file (%s)' % (path, _first_line(err)))
+        raise CheckpointError('%s: not a symbol JSON file (%s)' % (path, error_line(err)))
     try:
         return mx.sym.load_json(fixed)
     except mx.base.MXNetError as err:
-        raise CheckpointError('%s: MXNet cannot load the symbol: %s' % (path, _first_line(err)))
+        raise CheckpointError('%s: MXNet cannot load the symbol: %s' % (path, error_line(err)))
 
 
 def load_params(path):
@@ -146,7 +139,7 @@ def load_params(path):
     try:
         saved = mx.nd.load(path)
     except mx.base.MXNetError as err:
-        raise CheckpointError('%s: not an MXNet params file (%s)' % (path, _first_line(err)))
+        raise CheckpointError('%s: not an MXNet params file (%s)' % (path, error_line(err)))
     if not isinstance(saved, dict):
         raise CheckpointError('%s: holds a list of arrays, not named parameters' % path)
     arg_params, aux_params = {}, {}
@@ -164,26 +157,20 @@ def load_params(path):
     return arg_params, aux_params
 
 
+def save_params(path, arg_params, aux_params):
+    """Write ``arg_params``/``aux_params`` as ``mx.model.save_checkpoint`` lays them out
+    (``arg:NAME``/``aux:NAME``, arrays copied to the CPU), atomically; returns ``path``."""
+    blob = {'arg:%s' % k: v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
+    blob.update({'aux:%s' % k: v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
+    return atomic_save(path, lambda tmp: mx.nd.save(tmp, blob))
+
+
 def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
-    """``mx.model.save_checkpoint`` that creates the folder; returns (symbol file, params file)."""
-    folder = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
+    """``mx.model.save_checkpoint``, atomic, creating the folder; returns (symbol file, params file)."""
     spath, ppath = symbol_path(prefix), params_path(prefix, epoch)
-    _atomic(spath, lambda p: sym.save(p))
-    blob = {'arg:%s' % k: v for k, v in arg_params.items()}
-    blob.update({'aux:%s' % k: v for k, v in aux_params.items()})
-    _atomic(ppath, lambda p: mx.nd.save(p, blob))
+    atomic_save(spath, lambda tmp: sym.save(tmp))
+    save_params(ppath, arg_params, aux_params)
     return spath, ppath
-
-
-def _atomic(path, write):
-    tmp = '%s.tmp%d' % (path, os.getpid())
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def convert_symbol_json(src, dst):
@@ -195,9 +182,7 @@ def convert_symbol_json(src, dst):
     sym = load_symbol(src)
     with open(src) as f:
         _, converted = upgrade_json(f.read())
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    _atomic(dst, lambda p: sym.save(p))
+    atomic_save(dst, lambda tmp: sym.save(tmp))
     back = mx.sym.load(dst)
     if back.list_arguments() != sym.list_arguments() or \
             back.list_auxiliary_states() != sym.list_auxiliary_states():
@@ -238,7 +223,7 @@ def expected_shapes(sym, data_shape=None, data_names=('data',)):
         arg_shapes, _, aux_shapes = sym.infer_shape(**{data_names[0]: shape})
     except mx.base.MXNetError as err:
         raise CheckpointError('cannot infer the parameter shapes of the symbol for input %s: %s'
-                              % (shape, _first_line(err)))
+                              % (shape, error_line(err)))
     if arg_shapes is None:
         raise CheckpointError('cannot infer the parameter shapes of the symbol for input %s' % (shape,))
     args = {n: tuple(s) for n, s in zip(sym.list_arguments(), arg_shapes) if not _is_input(n, data_names)}

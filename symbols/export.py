@@ -258,5 +258,10 @@ def main(argv=None):
         return 1
 
 
+def run(argv=None):
+    """The ``crunet-export`` command: :func:`main`'s exit status."""
+    return main(argv)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run())

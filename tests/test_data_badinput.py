@@ -1,7 +1,7 @@
 """Bad input: every case gives correct handling or a one-line error naming the file/record and
 a non-zero exit -- never a segfault, an abort or a hang (subprocesses run under a timeout).
 
-Checked at the API (``common.data.DataError`` / ``data.im2rec.PackError``) and at the command
+Checked at the API (``crunet.data.iterators.DataError`` / ``data.im2rec.PackError``) and at the command
 line (``python -m data.im2rec``, ``python -m bench.io_speed``).
 """
 import argparse
@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common import data as cd
-from data import im2rec
+from crunet.data import iterators as cd
+from crunet.data import im2rec, recordio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def make_args(**over):
 
 
 def write_rec(prefix, payloads):
-    w = im2rec.RecordWriter(prefix + '.rec')
+    w = recordio.RecordWriter(prefix + '.rec')
     for i, p in enumerate(payloads):
         w.write(i, p)
     w.close()
@@ -64,7 +64,7 @@ def jpeg(seed, size=16):
 @pytest.fixture(scope='module')
 def good(tmp_path_factory):
     d = tmp_path_factory.mktemp('good')
-    rec = write_rec(str(d / 'good'), [im2rec.pack_header(i % 3, i) + jpeg(i) for i in range(6)])
+    rec = write_rec(str(d / 'good'), [recordio.pack_header(i % 3, i) + jpeg(i) for i in range(6)])
     return types.SimpleNamespace(dir=d, rec=rec, idx=rec[:-4] + '.idx')
 
 
@@ -93,10 +93,10 @@ def _cases(good, tmp_path):
     shifted = list(lines)
     k, off = shifted[2].split('\t')
     shifted[2] = '%s\t%d' % (k, int(off) + 8)
-    other = write_rec(str(tmp_path / 'other'), [im2rec.pack_header(0, i) + jpeg(i, 40) for i in range(6)])
-    not_image = write_rec(str(tmp_path / 'notimage_src'), [im2rec.pack_header(0, 0) + jpeg(0),
-                                                           im2rec.pack_header(1, 1) + b'this is not an image',
-                                                           im2rec.pack_header(2, 2) + jpeg(2)])
+    other = write_rec(str(tmp_path / 'other'), [recordio.pack_header(0, i) + jpeg(i, 40) for i in range(6)])
+    not_image = write_rec(str(tmp_path / 'notimage_src'), [recordio.pack_header(0, 0) + jpeg(0),
+                                                           recordio.pack_header(1, 1) + b'this is not an image',
+                                                           recordio.pack_header(2, 2) + jpeg(2)])
     return {
         'missing_rec': (dict(drop='rec'), ['RecordIO file not found', 'missing_rec.rec']),
         'missing_idx': (dict(drop='idx'), ['index file not found', 'missing_idx.idx']),
@@ -136,8 +136,8 @@ def test_bad_recordio_api(good, tmp_path, case):
 def test_bad_recordio_cli(good, tmp_path, case):
     how, needles = _cases(good, tmp_path)[case]
     rec = variant(good, tmp_path, case, **how)
-    line = one_line_error(run_cli(['-m', 'data.im2rec', 'check', rec]), *needles)
-    assert line.startswith('im2rec: error: ')
+    line = one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'check', rec]), *needles)
+    assert line.startswith('error: ')
 
 
 def test_bad_recordio_cli_iterator_side(good, tmp_path):
@@ -149,9 +149,9 @@ def test_bad_recordio_cli_iterator_side(good, tmp_path):
 
 def test_undecodable_record_past_the_checks_is_a_clean_error(good, tmp_path):
     """With the up-front check off, a non-image record reaches MXNet: still one DataError line, no abort."""
-    rec = write_rec(str(tmp_path / 'late'), [im2rec.pack_header(0, i) + (jpeg(i) if i != 3 else b'garbage' * 9)
+    rec = write_rec(str(tmp_path / 'late'), [recordio.pack_header(0, i) + (jpeg(i) if i != 3 else b'garbage' * 9)
                                              for i in range(4)])
-    code = ('import argparse, sys\nfrom common import data as cd\n'
+    code = ('import argparse, sys\nfrom crunet.data import iterators as cd\n'
             'p = argparse.ArgumentParser(); cd.add_data_args(p); cd.add_data_aug_args(p)\n'
             'a = p.parse_args(["--data-train", %r, "--data-check", "none", "--image-shape", "3,16,16", '
             '"--data-nthreads", "1"]); a.batch_size = 4; a.seed = 0\n'
@@ -199,8 +199,8 @@ def test_empty_class_folder(tmp_path):
     open(os.path.join(root, 'b', 'readme.txt'), 'w').write('no images here')
     with pytest.raises(im2rec.PackError, match='empty class folder: .*b'):
         im2rec.make_lists(str(tmp_path / 'x'), root)
-    one_line_error(run_cli(['-m', 'data.im2rec', 'make', str(tmp_path / 'x'), root]),
-                   'im2rec: error: empty class folder:', os.path.join(root, 'b'))
+    one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'x'), root]),
+                   'error: empty class folder:', os.path.join(root, 'b'))
     assert not os.path.exists(str(tmp_path / 'x.lst'))
 
 
@@ -215,35 +215,35 @@ def test_unreadable_image_named_by_path_and_skip_bad(tmp_path):
         lst, = im2rec.make_lists(str(tmp_path / 'api'), root, shuffle=False)
         im2rec.pack(lst, root, progress=False)
     assert 'empty.png' in str(e.value)
-    r = run_cli(['-m', 'data.im2rec', 'make', str(tmp_path / 'cli'), root, '--num-thread', '1', '--quiet'])
-    line = one_line_error(r, 'im2rec: error:')
+    r = run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'cli'), root, '--num-thread', '1', '--quiet'])
+    line = one_line_error(r, 'error:')
     assert len(r.stderr.splitlines()) == 1                                      # --quiet: the error alone
     assert 'broken.jpg' in line or 'empty.png' in line
     assert not os.path.exists(str(tmp_path / 'cli.rec'))
-    r = run_cli(['-m', 'data.im2rec', 'make', str(tmp_path / 'skip'), root, '--skip-bad', '--quiet'])
+    r = run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'skip'), root, '--skip-bad', '--quiet'])
     assert r.returncode == 0, r.stderr
     warnings = [l for l in r.stderr.splitlines() if 'warning' in l]
     assert len(warnings) == 2 and any(bad in l for l in warnings) and any(empty in l for l in warnings)
-    assert im2rec.scan_recordio(str(tmp_path / 'skip.rec')).num_records == 6
+    assert recordio.scan_recordio(str(tmp_path / 'skip.rec')).num_records == 6
 
 
 def test_bad_paths_and_lists(tmp_path):
-    one_line_error(run_cli(['-m', 'data.im2rec', 'make', str(tmp_path / 'x'), str(tmp_path / 'nowhere')]),
+    one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'x'), str(tmp_path / 'nowhere')]),
                    'image folder not found', 'nowhere')
-    one_line_error(run_cli(['-m', 'data.im2rec', 'pack', str(tmp_path / 'none.lst'), '--root', str(tmp_path)]),
+    one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'pack', str(tmp_path / 'none.lst'), '--root', str(tmp_path)]),
                    'list file not found', 'none.lst')
     bad = tmp_path / 'bad.txt'
     bad.write_text('a.jpg 1\nonly_a_path\n')
-    one_line_error(run_cli(['-m', 'data.im2rec', 'list', str(tmp_path / 'y'), str(tmp_path), '--list-file', str(bad)]),
+    one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'list', str(tmp_path / 'y'), str(tmp_path), '--list-file', str(bad)]),
                    'bad.txt line 2')
     missing = tmp_path / 'missing.txt'
     missing.write_text('gone.jpg 0\n')
     os.makedirs(str(tmp_path / 'root'))
-    assert run_cli(['-m', 'data.im2rec', 'list', str(tmp_path / 'z'), str(tmp_path / 'root'), '--list-file',
+    assert run_cli(['-m', 'crunet.data.im2rec', 'list', str(tmp_path / 'z'), str(tmp_path / 'root'), '--list-file',
                     str(missing)]).returncode == 0
-    one_line_error(run_cli(['-m', 'data.im2rec', 'pack', str(tmp_path / 'z.lst'), '--root', str(tmp_path / 'root')]),
+    one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'pack', str(tmp_path / 'z.lst'), '--root', str(tmp_path / 'root')]),
                    'cannot read image', 'gone.jpg')
-    r = run_cli(['-m', 'data.im2rec', 'pack', str(tmp_path / 'z.lst'), '--root', str(tmp_path / 'root'),
+    r = run_cli(['-m', 'crunet.data.im2rec', 'pack', str(tmp_path / 'z.lst'), '--root', str(tmp_path / 'root'),
                  '--quality', '0'])
     one_line_error(r, '--quality')
 
@@ -260,7 +260,7 @@ def test_odd_images_end_to_end(tmp_path):
     cv2.imwrite(str(root / 'alpha' / 'a.png'), np.dstack([color, np.full((40, 40), 30, np.uint8)]))
     Image.fromarray(color[:, :, ::-1]).convert('CMYK').save(str(root / 'cmyk' / 'c.jpg'), quality=98)
     cv2.imwrite(str(root / 'tiny' / 't.png'), color[:5, :7])
-    r = run_cli(['-m', 'data.im2rec', 'make', str(tmp_path / 'odd'), str(root), '--no-shuffle', '--quiet'])
+    r = run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'odd'), str(root), '--no-shuffle', '--quiet'])
     assert r.returncode == 0, r.stderr
     a = make_args(data_train=str(tmp_path / 'odd.rec'), data_val=str(tmp_path / 'odd.rec'), batch_size=4,
                   rgb_mean='0,0,0', scale=1.0, random_h=0, random_s=0, random_l=0, num_classes=4)

@@ -1,4 +1,4 @@
-"""Training / validation iterators of common.data on real RecordIO files packed by data.im2rec.
+"""Training / validation iterators of crunet.data.iterators on real RecordIO files packed by data.im2rec.
 
 Every file here is made by the test from generated images (32-128 px): round trip (counts,
 labels, pixels), the augmentation really applied by ImageRecordIter (crop area / aspect
@@ -15,8 +15,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common import data as cd
-from data import im2rec
+from crunet.data import iterators as cd
+from crunet.data import im2rec, recordio
 
 
 # ---------------------------------------------------------------------------------------------- helpers

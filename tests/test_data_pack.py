@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import im2rec
+from crunet.data import im2rec, recordio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,11 +49,11 @@ def records(rec):
 
 # ---------------------------------------------------------------------------------------------- RecordIO
 def test_framing_is_byte_identical_to_mxnet(tmp_path):
-    magic = struct.pack('<I', im2rec.MAGIC)
+    magic = struct.pack('<I', recordio.MAGIC)
     rng = np.random.RandomState(0)
     payloads = [b'', b'a', b'abcd', magic, b'xy' + magic + b'z', b'abcd' + magic + magic + b'12345',
                 bytes(bytearray(rng.randint(0, 256, 999).astype(np.uint8))) + magic + b'q' * 3 + magic]
-    mine = im2rec.RecordWriter(str(tmp_path / 'mine.rec'))
+    mine = recordio.RecordWriter(str(tmp_path / 'mine.rec'))
     ref = mx.recordio.MXIndexedRecordIO(str(tmp_path / 'ref.idx'), str(tmp_path / 'ref.rec'), 'w')
     for i, p in enumerate(payloads):
         mine.write(i, p)
@@ -62,10 +62,10 @@ def test_framing_is_byte_identical_to_mxnet(tmp_path):
     ref.close()
     for ext in ('.rec', '.idx'):
         assert (tmp_path / ('mine' + ext)).read_bytes() == (tmp_path / ('ref' + ext)).read_bytes()
-    assert [p for _, p in im2rec.iter_payloads(str(tmp_path / 'ref.rec'))] == payloads
+    assert [p for _, p in recordio.iter_payloads(str(tmp_path / 'ref.rec'))] == payloads
     # image record header, as mx.recordio.pack writes it
-    assert im2rec.pack_header(3, 7) == mx.recordio.pack(mx.recordio.IRHeader(0, 3.0, 7, 0), b'')
-    assert im2rec.pack_header([1, 2], 5) == mx.recordio.pack(mx.recordio.IRHeader(0, [1.0, 2.0], 5, 0), b'')
+    assert recordio.pack_header(3, 7) == mx.recordio.pack(mx.recordio.IRHeader(0, 3.0, 7, 0), b'')
+    assert recordio.pack_header([1, 2], 5) == mx.recordio.pack(mx.recordio.IRHeader(0, [1.0, 2.0], 5, 0), b'')
 
 
 def test_writer_leaves_nothing_behind_on_failure(tmp_path):
@@ -164,11 +164,11 @@ def test_pass_through_keeps_bytes_and_reencode_and_resize(tmp_path):
     assert (st['kept'], st['encoded']) == (1, 2)                # small.jpg is not larger than 30: kept
     shapes = [cv2.imdecode(np.frombuffer(r[2], np.uint8), cv2.IMREAD_UNCHANGED).shape for r in records(st['rec'])]
     assert shapes == [(30, 40, 3), (20, 30, 3), (60, 30, 3)]     # shorter side 30, aspect kept, tall.png -> .jpg
-    assert im2rec.image_format(records(st['rec'])[2][2]) == 'jpeg'
+    assert recordio.image_format(records(st['rec'])[2][2]) == 'jpeg'
 
     st = im2rec.pack(lst, str(root), out_prefix=str(tmp_path / 'e'), pass_through=0, encoding='.png', progress=False)
     recs = records(st['rec'])
-    assert st['encoded'] == 3 and all(im2rec.image_format(r[2]) == 'png' for r in recs)
+    assert st['encoded'] == 3 and all(recordio.image_format(r[2]) == 'png' for r in recs)
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(recs[2][2], np.uint8), 1),
                                   cv2.imread(str(root / 'c' / 'tall.png')))
 
@@ -208,13 +208,13 @@ def test_every_record_is_three_channel_colour(tmp_path):
     assert st['records'] == len(imgs) and st['skipped'] == 0
     names = [rel.split('/')[1] for _, _, rel in im2rec.read_lst(lst)]
     for name, (_, _, data) in zip(names, records(st['rec'])):
-        assert im2rec.image_format(data) in ('jpeg', 'png'), name
+        assert recordio.image_format(data) in ('jpeg', 'png'), name
         dec = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         assert dec.dtype == np.uint8 and dec.ndim == 3 and dec.shape[2] == 3, name
         want = imgs[name][1]
         if want is not None:
             assert dec.shape == want.shape and np.abs(dec.astype(int) - want.astype(int)).mean() < 4, name
-    assert im2rec.scan_recordio(st['rec']).checked_images == len(imgs)
+    assert recordio.scan_recordio(st['rec']).checked_images == len(imgs)
     # and MXNet's iterator reads them all as colour images of the requested shape
     it = mx.io.ImageRecordIter(path_imgrec=st['rec'], path_imgidx=st['rec'][:-4] + '.idx', data_shape=(3, 16, 16),
                                batch_size=len(imgs), resize=16, preprocess_threads=1, verbose=False)
@@ -236,27 +236,29 @@ def test_packing_is_deterministic_across_processes_and_runs(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def test_cli_make_check_and_script_form(tmp_path):
+def test_cli_make_check_and_console_command(tmp_path):
     root = str(tmp_path / 'tree')
     write_tree(root, {'x': 4, 'y': 4})
-    r = run_cli(['-m', 'data.im2rec', 'make', str(tmp_path / 'cli'), root, '--train-ratio', '0.5',
+    r = run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'cli'), root, '--train-ratio', '0.5',
                  '--resize', '20', '--num-thread', '2'])
     assert r.returncode == 0, r.stderr
     assert 'cli_train.rec: 4/4 (100%)' in r.stderr and 'wrote %s' % (tmp_path / 'cli_val.rec') in r.stderr
-    r = run_cli(['-m', 'data.im2rec', 'check', str(tmp_path / 'cli_train.rec'), str(tmp_path / 'cli_val.rec')])
+    r = run_cli(['-m', 'crunet.data.im2rec', 'check', str(tmp_path / 'cli_train.rec'), str(tmp_path / 'cli_val.rec')])
     assert r.returncode == 0 and r.stdout.count(': 4 records, labels 0..1') == 2, r.stdout + r.stderr
-    r = run_cli(['data/im2rec.py', 'list', str(tmp_path / 'script'), root])
+    console = [os.path.join(os.path.dirname(sys.executable), 'crunet-im2rec')]     # the console command
+    r = subprocess.run(console + ['list', str(tmp_path / 'script'), root], capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 0 and len(open(str(tmp_path / 'script.lst')).read().splitlines()) == 8
-    r = run_cli(['data/im2rec.py', 'pack', str(tmp_path / 'script.lst'), '--root', root, '--quiet'])
+    r = subprocess.run(console + ['pack', str(tmp_path / 'script.lst'), '--root', root, '--quiet'],
+                       capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 0 and r.stderr == '' and os.path.exists(str(tmp_path / 'script.idx'))
-    assert run_cli(['-m', 'data.im2rec', '--help']).returncode == 0
+    assert run_cli(['-m', 'crunet.data.im2rec', '--help']).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------- demo
 def test_demo_set_is_real_deterministic_and_fast(tmp_path):
-    from data.demo import prepare_demo
+    from crunet.data.demo import prepare_demo
     t0 = time.time()
-    r = run_cli(['-m', 'data.demo', '--out', str(tmp_path / 'd1')])
+    r = run_cli(['-m', 'crunet.data.demo', '--out', str(tmp_path / 'd1')])
     elapsed = time.time() - t0
     assert r.returncode == 0, r.stderr
     assert elapsed < 60
@@ -281,7 +283,7 @@ def test_demo_set_is_real_deterministic_and_fast(tmp_path):
     for _, lab, rel in im2rec.read_lst(os.path.join(str(tmp_path / 'd2'), 'digits_val.lst')):
         assert int(lab[0]) == int(rel.split('/')[0]) == target[int(rel.split('/')[1][:4])]
     # and the validation iterator reads every record once
-    from common import data as cd
+    from crunet.data import iterators as cd
     import argparse
     p = argparse.ArgumentParser()
     cd.add_data_args(p)
@@ -319,7 +321,7 @@ def test_imagenet_recipe_on_kaggle_style_layout(tmp_path):
     val = {rel: lab[0] for _, lab, rel in im2rec.read_lst(str(out / 'imagenet1k_val.lst'))}
     assert val == {'ILSVRC2012_val_00000001.JPEG': 1.0, 'ILSVRC2012_val_00000002.JPEG': 0.0}
     assert open(str(out / 'imagenet1k_train_synset.txt')).read().split() == ['n01440764', 'n01443537']
-    assert im2rec.scan_recordio(str(out / 'imagenet1k_val.rec')).num_records == 2
+    assert recordio.scan_recordio(str(out / 'imagenet1k_val.rec')).num_records == 2
 
 
 def test_places365_recipe(tmp_path):
@@ -343,7 +345,7 @@ def test_places365_recipe(tmp_path):
     st = records(str(out / 'places365_train.rec'))
     assert sorted(float(lab) for lab, _, _ in st) == [0, 0, 1, 1, 2, 2]
     for _, _, img in st:                                           # no resize needed: the files' own bytes
-        assert im2rec.image_format(img) == 'jpeg'
+        assert recordio.image_format(img) == 'jpeg'
     assert [float(lab) for lab, _, _ in records(str(out / 'places365_val.rec'))] != []
     assert (out / 'places365_synset.txt').exists()
     r = subprocess.run(['bash', 'data/places365.sh', str(tmp_path / 'nothing')], cwd=REPO, capture_output=True,

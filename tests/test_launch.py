@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tools import launch
+from crunet import launch
 from train_helpers import PYTHON, ROOT, TRAIN, env, make_rec
 
 LAUNCH = os.path.join(ROOT, 'tools', 'launch.py')

@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common.fit import latest_checkpoint
+from crunet.train.fit import latest_checkpoint
 from train_helpers import PYTHON, ROOT, TRAIN, env, load_params, max_param_diff, run_train, tiny_args, tiny_data
 
 # the rate changes inside the run (warmup, then a step at epoch 1) so that a resume which got

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import score_helpers as H
-from common import evaluate as ev
+from crunet import evaluate as ev
 from symbols.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def run_score(*argv):
 
 
 def score_in_process(argv):
-    import score
+    from crunet.cli import score
     return score.main([str(a) for a in argv])
 
 
@@ -85,13 +85,13 @@ def test_ten_crop_matches_numpy(setup):
 
 
 def test_mean_max_matches_numpy(setup):
-    import score
+    from crunet.cli import score
     args = score.build_parser().parse_args(['--model', setup['prefix'], '--data-val', setup['rec'],
                                             '--image-shape', '3,48,48', '--resize-val', '48', '--batch-size', '4'])
     score.resolve(args)
     assert score.choose_pooling('auto', args.image_shape, args.train_shape) == 'mean-max'
     assert score.choose_pooling('auto', '3,32,32', args.train_shape) == 'avg'
-    from common.data import get_val_iter
+    from crunet.data.iterators import get_val_iter
     data, _ = next(ev.centre_crop_batches(get_val_iter(args)))
     data = data.asnumpy()
     assert data.shape == (4, 3, 48, 48)

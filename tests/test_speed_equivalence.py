@@ -170,7 +170,7 @@ def test_network_scoring_equal_float32(network, kwargs):
 
 
 def test_perf_build_symbol_and_configure():
-    from common import perf
+    from crunet import perf
     plain = perf.build_symbol('crunet', fast=False, num_layers=56)
     fast = perf.build_symbol('crunet', num_layers=56)
     assert plain.list_arguments() == fast.list_arguments()
@@ -188,7 +188,7 @@ def test_bench_speed_summary_without_peers_installed():
     """bench.speed imports without gluoncv; ratios are taken within a round, busy rounds dropped."""
     from bench import speed
     args = speed.parse_args([])
-    assert args.models == speed.DEFAULT_MODELS and args.repeat == 2 and args.stat == 'best'
+    assert args.models == speed.DEFAULT_MODELS and args.repeat == 3 and args.stat == 'best'
     assert speed.parse_args(['--models', 'crunet56', 'gluoncv2:crunet56@stock']).models[-1].endswith('@stock')
     with pytest.raises(SystemExit):
         speed.parse_args(['--models', 'nonet'])

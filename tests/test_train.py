@@ -1,4 +1,4 @@
-"""train_imagenet.py / common.fit: real training of a tiny CRU-Net on generated RecordIO files.
+"""train_imagenet.py / crunet.train.fit: real training of a tiny CRU-Net on generated RecordIO files.
 
 Acceptance 1 (the loss goes down on one CPU context and on two with kvstore device), the log
 forms, the metrics file and curves, fine-tuning, the NaN guard, --benchmark and --test-io, and
@@ -12,7 +12,7 @@ import re
 import mxnet as mx
 import pytest
 
-from common.schedule import LRSchedule
+from crunet.train.schedule import LRSchedule
 from train_helpers import load_params, run_train, tiny_args, tiny_data
 
 
@@ -131,7 +131,7 @@ def test_plateau_policy_and_its_state():
 
 
 def test_paper_recipe_by_depth():
-    from common.fit import paper_recipe
+    from crunet.train.fit import paper_recipe
     assert paper_recipe(50) == (0.1, 5e-4) and paper_recipe(56) == (0.1, 5e-4)
     lr, wd = paper_recipe(116)
     assert math.isclose(lr, math.sqrt(0.1)) and wd == 2e-4

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-import train_imagenet
+from crunet.cli import train as train_imagenet
 from train_helpers import run_train, tiny_args, tiny_data
 
 

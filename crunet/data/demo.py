@@ -3,11 +3,11 @@
 ``sklearn.datasets.load_digits`` ships 1797 real 8x8 grayscale scans of handwritten digits
 (10 classes) inside the scikit-learn package, so nothing is downloaded. :func:`prepare_demo`
 writes them as 3-channel PNG files in a folder per class (upscaled to ``image_size``, dark
-ink on white), then lists and packs them with the same code as ``python -m data.im2rec make``:
+ink on white), then lists and packs them with the same code as ``crunet-im2rec make``:
 a stratified 80/20 split by seed, every record keeping its PNG bytes. The same options give
 the same bytes on every run.
 
-    python -m data.demo --out runs/demo/data
+    python -m crunet.data.demo --out runs/demo/data
     # -> runs/demo/data/digits_train.rec/.idx (1438 images), digits_val.rec/.idx (359 images)
 """
 import argparse
@@ -17,10 +17,7 @@ import sys
 
 import numpy as np
 
-try:                        # python -m data.demo / import data.demo
-    from . import im2rec
-except ImportError:         # python data/demo.py
-    import im2rec
+from . import im2rec, recordio
 
 __all__ = ['prepare_demo', 'main', 'NUM_CLASSES']
 
@@ -54,9 +51,9 @@ def _valid(paths, meta_path, meta):
     if {k: old.get(k) for k in meta} != meta:
         return False
     try:
-        return (im2rec.scan_recordio(paths['train']).num_records == old.get('num_train')
-                and im2rec.scan_recordio(paths['val']).num_records == old.get('num_val'))
-    except im2rec.PackError:
+        return (recordio.scan_recordio(paths['train']).num_records == old.get('num_train')
+                and recordio.scan_recordio(paths['val']).num_records == old.get('num_val'))
+    except recordio.RecordError:
         return False
 
 
@@ -106,7 +103,7 @@ def prepare_demo(out_dir, image_size=32, train_ratio=0.8, seed=0, force=False, n
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m data.demo',
+    p = argparse.ArgumentParser(prog='python -m crunet.data.demo',
                                 description='Write the bundled handwritten-digits demo set as train/val RecordIO.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', default='runs/demo/data', help='output folder')

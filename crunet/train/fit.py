@@ -16,7 +16,7 @@ What a run writes under ``--model-prefix PREFIX`` (rank 0 only):
   seconds, images/s); ``PREFIX-curves.png``: the training curves, drawn at the end.
 - ``PREFIX.log``: a copy of the log; ``PREFIX-args.json``: the flags of the run.
 
-Resuming is exact: the learning rate is a function of (epoch, batch) (``common.schedule``), the
+Resuming is exact: the learning rate is a function of (epoch, batch) (``crunet.train.schedule``), the
 optimizer states and update counts are restored, and the data iterator of epoch E is built
 afresh with seed ``--seed + E``, so a run resumed at epoch N continues as if it never stopped
 (given the same flags: the cosine policy, for one, depends on ``--num-epochs``). The ``.states``
@@ -47,18 +47,16 @@ import mxnet as mx
 import numpy as np
 
 from . import schedule as schedule_mod
-from .util import (CLIError, atomic_save, atomic_write_text, format_seconds, get_contexts, parse_gpus,
-                   setup_logging)
+from ..devices import get_contexts, parse_gpus
+from ..errors import CLIError, TrainingDiverged
+from ..files import atomic_save, atomic_write_text
+from ..log import format_seconds, setup_logging
 
 KV_STORES = ('local', 'device', 'nccl', 'dist_sync', 'dist_device_sync', 'dist_async')
 DTYPES = ('float32', 'float16')
 LR_POLICIES = ('auto',) + schedule_mod.POLICIES
 STATES_FORMAT = 'crunet-mxnet/optimizer-states/1'
 _VAL_KEY = '__fit_val_metric_sum__'
-
-
-class TrainingDiverged(CLIError):
-    """The loss became NaN or infinite."""
 
 
 # ============================================================================ arguments
@@ -587,7 +585,7 @@ def fit(args, network, data_loader, save_network=None):
         begin_epoch = load_epoch = args.load_epoch
 
     if args.benchmark:
-        from .data import SyntheticDataIter
+        from ..data.iterators import SyntheticDataIter
         image_shape = tuple(int(v) for v in args.image_shape.split(','))
         num_examples = args.num_examples or batch_per_worker * 50
         epoch_batches = max(num_examples // batch_per_worker, 1)

@@ -11,7 +11,7 @@
 * :class:`SyntheticDataIter` (random batches for ``--benchmark 1``) and :func:`test_io`
   (``--test-io 1``: read the training iterator and report its speed).
 
-Packing images into RecordIO: ``python -m data.im2rec`` (see ``data/README.md``).
+Packing images into RecordIO: ``crunet-im2rec`` (see ``data/README.md``).
 """
 import logging
 import os
@@ -21,19 +21,21 @@ import time
 import mxnet as mx
 import numpy as np
 
+from . import recordio
+
 __all__ = ['DataError', 'add_data_args', 'add_data_aug_args', 'get_rec_iter', 'get_val_iter', 'check_recordio',
            'SyntheticDataIter', 'test_io', 'part_sizes', 'effective_threads', 'GuardedIter', 'TrainIter',
            'ExactEpochIter']
 
 
-class DataError(Exception):
+class DataError(recordio.RecordError):
     """Unusable input data; the message is one line naming the file (and record)."""
 
 
 # ============================================================================ flags
 def add_data_args(parser):
     """Add the data flags to ``parser`` (an argparse parser); returns the argument group."""
-    data = parser.add_argument_group('Data', 'the input images (RecordIO made by python -m data.im2rec)')
+    data = parser.add_argument_group('Data', 'the input images (RecordIO made by crunet-im2rec)')
     data.add_argument('--data-train', type=str, default=None,
                       help='training RecordIO file (.rec); its index must be the same path with .idx')
     data.add_argument('--data-val', type=str, default=None,
@@ -105,7 +107,6 @@ def _file_key(path):
 
 def _inspect(path, mode='sample', nthreads=2):
     """RecordInfo of a validated pair (cached per file identity); raises DataError."""
-    from data import im2rec
     if not path:
         raise DataError('no RecordIO file given')
     idx = os.path.splitext(path)[0] + '.idx'
@@ -116,8 +117,8 @@ def _inspect(path, mode='sample', nthreads=2):
     if key is not None and key in _CHECKED:
         return _CHECKED[key]
     try:
-        info = im2rec.scan_recordio(path, idx, mode=mode, num_threads=max(1, nthreads))
-    except im2rec.PackError as e:
+        info = recordio.scan_recordio(path, idx, mode=mode, num_threads=max(1, nthreads))
+    except recordio.RecordError as e:
         raise DataError(str(e)) from None
     if key is not None:
         _CHECKED[key] = info
@@ -252,8 +253,8 @@ def _val_params(args, shape):
 def _train_iter(args, kv=None):
     path = getattr(args, 'data_train', None)
     if not path:
-        raise DataError('no training data: --data-train is not set (make a .rec with python -m data.im2rec, '
-                        'or python -m data.demo for the bundled digits)')
+        raise DataError('no training data: --data-train is not set (make a .rec with crunet-im2rec, '
+                        'or python -m crunet.data.demo for the bundled digits)')
     shape = _image_shape(args)
     bs = _batch_size(args)
     nparts, rank = _workers(kv)
@@ -293,7 +294,7 @@ def _create(kw):
     try:
         return mx.io.ImageRecordIter(**kw)
     except mx.base.MXNetError as e:
-        raise DataError('%s: ImageRecordIter failed (%s); python -m data.im2rec check --mode full %s names the bad '
+        raise DataError('%s: ImageRecordIter failed (%s); crunet-im2rec check --mode full %s names the bad '
                         'record' % (kw['path_imgrec'], _mx_error_line(e), kw['path_imgrec'])) from None
 
 
@@ -328,7 +329,7 @@ class GuardedIter(mx.io.DataIter):
         return self._it.provide_label
 
     def _fail(self, e):
-        raise DataError('%s: reading failed (%s); python -m data.im2rec check --mode full %s names the bad record'
+        raise DataError('%s: reading failed (%s); crunet-im2rec check --mode full %s names the bad record'
                         % (self.path, _mx_error_line(e), self.path)) from None
 
     def reset(self):

@@ -4,19 +4,19 @@ MXNet's pip package does not ship ``tools/im2rec``; this is the project's replac
 no MXNet (the RecordIO framing is written here, byte-compatible with dmlc-core's writer), only
 numpy, OpenCV and Pillow.
 
-Subcommands (``python -m data.im2rec CMD -h`` for every option)::
+Subcommands (``python -m crunet.data.im2rec CMD -h`` for every option)::
 
     # 1. lists: from a folder-per-class tree (labels = sorted folder names) ...
-    python -m data.im2rec list runs/data/mine /data/mine --train-ratio 0.9 --seed 0
+    python -m crunet.data.im2rec list runs/data/mine /data/mine --train-ratio 0.9 --seed 0
     # ... or from a label list (Places365 / caffe "path label", MXNet .lst, ImageNet LOC_val_solution.csv)
-    python -m data.im2rec list runs/data/places_val /data/places365/val_large \\
+    python -m crunet.data.im2rec list runs/data/places_val /data/places365/val_large \\
         --list-file /data/places365/places365_val.txt
     # 2. pack every list into PREFIX.rec + PREFIX.idx with 8 processes, shorter side <= 480
-    python -m data.im2rec pack runs/data/mine_train.lst --root /data/mine --resize 480 --num-thread 8
+    python -m crunet.data.im2rec pack runs/data/mine_train.lst --root /data/mine --resize 480 --num-thread 8
     # 1+2 in one go
-    python -m data.im2rec make runs/data/mine /data/mine --train-ratio 0.9 --resize 480
+    python -m crunet.data.im2rec make runs/data/mine /data/mine --train-ratio 0.9 --resize 480
     # validate a .rec/.idx pair (the checks the training iterators run first)
-    python -m data.im2rec check runs/data/mine_train.rec
+    python -m crunet.data.im2rec check runs/data/mine_train.rec
 
 Every image becomes a 3-channel colour record: grayscale, palette, RGBA / LA (alpha dropped),
 16-bit, CMYK JPEGs and formats ImageRecordIter cannot decode (WebP, GIF, ...) are decoded and
@@ -33,353 +33,25 @@ import io
 import multiprocessing
 import os
 import random
-import struct
 import sys
 import time
 
 import numpy as np
 
-__all__ = ['PackError', 'IMAGE_EXTS', 'RecordWriter', 'encode_record', 'pack_header', 'unpack_header',
-           'RecordInfo', 'scan_recordio', 'read_index', 'read_payload', 'iter_payloads', 'image_format',
-           'list_from_folders', 'read_list_file', 'load_synset', 'split_items', 'write_lst', 'read_lst',
+from ..cli import ArgParser
+from ..errors import cli_main
+from .recordio import RecordError, RecordWriter, image_format, pack_header, scan_recordio
+
+__all__ = ['PackError', 'IMAGE_EXTS', 'list_from_folders', 'read_list_file', 'load_synset', 'split_items',
+           'write_lst', 'read_lst',
            'make_lists', 'pack', 'main']
 
 #: file extensions taken as images when walking a folder tree (compared lower-case)
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
 
-# ---------------------------------------------------------------------------------------------
-# RecordIO framing (dmlc-core src/recordio.cc) and the MXNet image record header (mx.recordio)
-# ---------------------------------------------------------------------------------------------
-MAGIC = 0xced7230a
-_MAGIC_BYTES = struct.pack('<I', MAGIC)
-_IR_FORMAT = '<IfQQ'                  # flag, label, id, id2 (mx.recordio.IRHeader)
-_IR_SIZE = struct.calcsize(_IR_FORMAT)
-_LEN_MASK = (1 << 29) - 1
 
-#: formats the OpenCV inside MXNet 1.9.1's ImageRecordIter decodes (checked: WebP, PPM/PGM fail)
-DECODABLE = ('jpeg', 'png', 'bmp', 'tiff')
-
-
-class PackError(Exception):
-    """Bad input for listing, packing or reading RecordIO; the message is one line naming the file."""
-
-
-def _pad4(n):
-    return (n + 3) & ~3
-
-
-def encode_record(payload):
-    """One RecordIO record, byte-identical to dmlc's ``RecordIOWriter::WriteRecord``.
-
-    The payload is split wherever the magic number sits at a 4-byte aligned position (so a
-    reader can always resynchronise on the magic), and the end is zero-padded to 4 bytes.
-    """
-    payload = bytes(payload)
-    n = len(payload)
-    if n >= 1 << 29:
-        raise PackError('record of %d bytes is too large for RecordIO (limit 2^29)' % n)
-    out = []
-    dptr = 0
-    pos = payload.find(_MAGIC_BYTES)
-    while pos != -1 and pos + 4 <= (n & ~3):
-        if pos % 4 == 0:
-            out.append(_MAGIC_BYTES + struct.pack('<I', ((1 if dptr == 0 else 2) << 29) | (pos - dptr)))
-            out.append(payload[dptr:pos])
-            dptr = pos + 4
-            pos = payload.find(_MAGIC_BYTES, dptr)
-        else:
-            pos = payload.find(_MAGIC_BYTES, pos + 1)
-    out.append(_MAGIC_BYTES + struct.pack('<I', ((3 if dptr else 0) << 29) | (n - dptr)))
-    out.append(payload[dptr:])
-    out.append(b'\0' * (_pad4(n) - n))
-    return b''.join(out)
-
-
-def pack_header(label, rec_id, id2=0):
-    """The 24-byte image record header (``mx.recordio.pack``): one label, or a list of labels."""
-    labels = np.atleast_1d(np.asarray(label, dtype=np.float32))
-    if labels.size == 1:
-        return struct.pack(_IR_FORMAT, 0, float(labels[0]), rec_id, id2)
-    return struct.pack(_IR_FORMAT, labels.size, 0.0, rec_id, id2) + labels.tobytes()
-
-
-def unpack_header(payload):
-    """``(labels, id, image_bytes)`` of an image record payload; labels is a float32 array."""
-    if len(payload) < _IR_SIZE:
-        raise ValueError('record of %d bytes is too short for an image record header' % len(payload))
-    flag, label, rec_id, _ = struct.unpack_from(_IR_FORMAT, payload)
-    if flag == 0:
-        return np.array([label], np.float32), rec_id, payload[_IR_SIZE:]
-    end = _IR_SIZE + 4 * flag
-    if flag > 1 << 20 or end > len(payload):
-        raise ValueError('record header claims %d labels, more than the record holds' % flag)
-    return np.frombuffer(payload[_IR_SIZE:end], np.float32).copy(), rec_id, payload[end:]
-
-
-class RecordWriter(object):
-    """Writes ``PREFIX.rec`` and ``PREFIX.idx`` (``key<TAB>offset`` lines) like MXIndexedRecordIO.
-
-    Data go to temporary files renamed into place by :meth:`close`, so an interrupted or
-    failed pack never leaves a half-written pair behind (:meth:`abort` removes them).
-    """
-
-    def __init__(self, rec_path, idx_path=None):
-        self.rec_path = rec_path
-        self.idx_path = idx_path or os.path.splitext(rec_path)[0] + '.idx'
-        self._rec_tmp = self.rec_path + '.part'
-        self._idx_tmp = self.idx_path + '.part'
-        self._frec = open(self._rec_tmp, 'wb')
-        self._fidx = open(self._idx_tmp, 'w')
-        self.offset = 0
-        self.count = 0
-
-    def write(self, key, payload):
-        rec = encode_record(payload)
-        self._fidx.write('%d\t%d\n' % (key, self.offset))
-        self._frec.write(rec)
-        self.offset += len(rec)
-        self.count += 1
-
-    def close(self):
-        self._frec.close()
-        self._fidx.close()
-        os.replace(self._rec_tmp, self.rec_path)
-        os.replace(self._idx_tmp, self.idx_path)
-
-    def abort(self):
-        for f, p in ((self._frec, self._rec_tmp), (self._fidx, self._idx_tmp)):
-            f.close()
-            if os.path.exists(p):
-                os.remove(p)
-
-
-def image_format(data):
-    """Container format from the first bytes: 'jpeg', 'png', 'bmp', 'tiff', 'gif', 'webp', ... or None."""
-    head = bytes(data[:16])
-    if head[:3] == b'\xff\xd8\xff':
-        return 'jpeg'
-    if head[:8] == b'\x89PNG\r\n\x1a\n':
-        return 'png'
-    if head[:2] == b'BM':
-        return 'bmp'
-    if head[:4] in (b'II*\x00', b'MM\x00*'):
-        return 'tiff'
-    if head[:6] in (b'GIF87a', b'GIF89a'):
-        return 'gif'
-    if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
-        return 'webp'
-    if head[:2] in (b'P1', b'P2', b'P3', b'P4', b'P5', b'P6'):
-        return 'pnm'
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and validating a .rec/.idx pair without MXNet (its C++ reader aborts or hangs on bad
-# files: a missing .idx segfaults, a truncated .rec aborts, a wrong .idx reads garbage)
-# ---------------------------------------------------------------------------------------------
-RecordInfo = collections.namedtuple('RecordInfo', ['num_records', 'keys', 'offsets', 'label_min',
-                                                   'label_max', 'label_width', 'checked_headers',
-                                                   'checked_images'])
-
-
-def read_index(idx_path):
-    """``(keys, offsets)`` of a ``.idx`` file, in file order; raises PackError naming the line."""
-    keys, offsets = [], []
-    try:
-        with open(idx_path, 'rb') as f:
-            text = f.read()
-    except OSError as e:
-        raise PackError('cannot read index %s: %s' % (idx_path, e.strerror or e))
-    for lineno, line in enumerate(text.split(b'\n'), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            key, off = int(parts[0]), int(parts[1])
-            if off < 0:
-                raise ValueError
-        except ValueError:
-            raise PackError('%s line %d is not "key<TAB>offset": %r' % (idx_path, lineno, line[:60].decode('latin-1')))
-        keys.append(key)
-        offsets.append(off)
-    return keys, offsets
-
-
-def _read_record(f, offset, size, rec_path, key):
-    """Payload of the record starting at ``offset`` and the offset just after it (multi-part aware)."""
-    parts = []
-    pos = offset
-    first = True
-    while True:
-        if pos + 8 > size:
-            raise PackError('%s is truncated: record %s at offset %d runs past the end of the file (%d bytes)'
-                            % (rec_path, key, offset, size))
-        f.seek(pos)
-        magic, lrec = struct.unpack('<II', f.read(8))
-        if magic != MAGIC:
-            if first:
-                raise PackError('%s does not match %s: no record starts at offset %d (index key %s)'
-                                % (os.path.splitext(rec_path)[0] + '.idx', rec_path, offset, key))
-            raise PackError('%s: record %s at offset %d is corrupt (continuation without magic at %d)'
-                            % (rec_path, key, offset, pos))
-        cflag, clen = lrec >> 29, lrec & _LEN_MASK
-        if (first and cflag not in (0, 1)) or (not first and cflag not in (2, 3)):
-            raise PackError('%s: record %s at offset %d has a bad part flag %d (is the .idx for this .rec?)'
-                            % (rec_path, key, pos, cflag))
-        end = pos + 8 + _pad4(clen)
-        if end > size:
-            raise PackError('%s is truncated: record %s at offset %d needs %d bytes, the file has %d'
-                            % (rec_path, key, offset, end, size))
-        parts.append(f.read(clen))
-        pos = end
-        if cflag in (0, 3):
-            break
-        first = False
-    return _MAGIC_BYTES.join(parts), pos
-
-
-def read_payload(rec_path, offset, key='?'):
-    """The payload (image record header + image bytes) of one record."""
-    size = os.path.getsize(rec_path)
-    with open(rec_path, 'rb') as f:
-        return _read_record(f, offset, size, rec_path, key)[0]
-
-
-def iter_payloads(rec_path, idx_path=None, limit=None):
-    """Yield ``(key, payload)`` for the records of a pair in index order (at most ``limit``)."""
-    idx_path = idx_path or os.path.splitext(rec_path)[0] + '.idx'
-    keys, offsets = read_index(idx_path)
-    size = os.path.getsize(rec_path)
-    with open(rec_path, 'rb') as f:
-        for n, (key, off) in enumerate(zip(keys, offsets)):
-            if limit is not None and n >= limit:
-                break
-            yield key, _read_record(f, off, size, rec_path, key)[0]
-
-
-def _even_sample(n, k):
-    """Up to ``k`` positions spread evenly over ``range(n)``, first and last included."""
-    if n <= k:
-        return list(range(n))
-    return sorted(set(int(round(i * (n - 1) / (k - 1))) for i in range(k)))
-
-
-def _check_image(img_bytes, rec_path, key, offset):
-    fmt = image_format(img_bytes)
-    where = '%s: record %s (offset %d)' % (rec_path, key, offset)
-    if len(img_bytes) == 0:
-        raise PackError('%s holds no image data' % where)
-    if fmt not in DECODABLE:
-        head = bytes(img_bytes[:8])
-        raise PackError('%s is not an image ImageRecordIter can decode (%s, %d bytes, starts %r); '
-                        'repack it with python -m data.im2rec' % (where, fmt or 'unknown format', len(img_bytes), head))
-    import cv2
-    try:
-        img = cv2.imdecode(np.frombuffer(img_bytes, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
-        raise PackError('%s is a %s image that does not decode (%d bytes)' % (where, fmt, len(img_bytes)))
-
-
-def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, header_sample=4000,
-                  decode_all_below=1000, decode_sample=100, num_threads=2):
-    """Validate a ``.rec``/``.idx`` pair and return its :class:`RecordInfo`; raise PackError if bad.
-
-    Checks: both files exist, every index line parses, offsets are distinct, each listed record
-    starts with the RecordIO magic, ends exactly where the next listed one starts (so the index
-    lists every record and nothing else) and lies inside the file (truncation), carries an image
-    record header, and that images decode (all of them below ``decode_all_below`` records,
-    otherwise ``decode_sample`` spread over the file).
-
-    mode: ``'sample'`` (default: every record header up to ``max_headers`` records, else
-    ``header_sample`` of them), ``'full'`` (every header and every image) or ``'none'`` (files
-    exist and the index parses).
-    """
-    if mode not in ('sample', 'full', 'none'):
-        raise ValueError('mode must be sample, full or none, not %r' % (mode,))
-    idx_path = idx_path or os.path.splitext(rec_path)[0] + '.idx'
-    if not os.path.exists(rec_path):
-        raise PackError('RecordIO file not found: %s' % rec_path)
-    if not os.path.isfile(rec_path):
-        raise PackError('RecordIO path is not a file: %s' % rec_path)
-    if not os.path.isfile(idx_path):
-        raise PackError('index file not found: %s (every .rec needs the .idx written with it by '
-                        'python -m data.im2rec pack)' % idx_path)
-    size = os.path.getsize(rec_path)
-    if size == 0:
-        raise PackError('RecordIO file is empty: %s' % rec_path)
-    keys, offsets = read_index(idx_path)
-    n = len(offsets)
-    if n == 0:
-        raise PackError('index %s lists no records' % idx_path)
-    order = sorted(range(n), key=offsets.__getitem__)       # dmlc reads records in offset order
-    offs = [offsets[i] for i in order]
-    okeys = [keys[i] for i in order]
-    for a, b, k in zip(offs, offs[1:], okeys[1:]):
-        if a == b:
-            raise PackError('%s does not match %s: offset %d is listed twice (key %s)' % (idx_path, rec_path, a, k))
-    if offs[-1] >= size:
-        j = offs.index(offs[-1])
-        raise PackError('%s does not match %s: record %s at offset %d is past the end of the file (%d bytes)'
-                        % (idx_path, rec_path, okeys[j], offs[-1], size))
-    if mode == 'none':
-        return RecordInfo(n, keys, offsets, None, None, None, 0, 0)
-    header_pos = range(n) if (mode == 'full' or n <= max_headers) else _even_sample(n, header_sample)
-    if mode == 'full' or n <= decode_all_below:
-        decode_pos = set(range(n))
-    else:
-        decode_pos = set(_even_sample(n, decode_sample))
-    lmin, lmax, width = np.inf, -np.inf, None
-    to_decode = []
-    with open(rec_path, 'rb') as f:
-        for j in header_pos:
-            off, key = offs[j], okeys[j]
-            if off % 4:
-                raise PackError('%s does not match %s: offset %d of record %s is not 4-byte aligned'
-                                % (idx_path, rec_path, off, key))
-            payload, end = _read_record(f, off, size, rec_path, key)
-            nxt = offs[j + 1] if j + 1 < n else size
-            if end != nxt:
-                if j + 1 < n:
-                    f.seek(nxt)
-                    if f.read(4) != _MAGIC_BYTES:
-                        raise PackError('%s does not match %s: no record starts at offset %d (index key %s)'
-                                        % (idx_path, rec_path, nxt, okeys[j + 1]))
-                    raise PackError('%s does not match %s: record %s at offset %d ends at %d but the next '
-                                    'indexed record starts at %d' % (idx_path, rec_path, key, off, end, nxt))
-                raise PackError('%s does not match %s: %d bytes follow the last indexed record (key %s); the '
-                                'index does not list every record' % (idx_path, rec_path, size - end, key))
-            try:
-                labels, _, img = unpack_header(payload)
-            except ValueError as e:
-                raise PackError('%s: record %s (offset %d): %s' % (rec_path, key, off, e))
-            if width is None:
-                width = labels.size
-            elif labels.size != width:
-                raise PackError('%s: record %s has %d labels, earlier records %d' % (rec_path, key, labels.size, width))
-            if not np.all(np.isfinite(labels)):
-                raise PackError('%s: record %s has a label that is not a finite number' % (rec_path, key))
-            lmin, lmax = min(lmin, float(labels.min())), max(lmax, float(labels.max()))
-            if j in decode_pos:
-                to_decode.append((img, key, off))
-                decode_pos.discard(j)
-        for j in sorted(decode_pos):     # sampled images whose header was not walked
-            payload, _ = _read_record(f, offs[j], size, rec_path, okeys[j])
-            try:
-                to_decode.append((unpack_header(payload)[2], okeys[j], offs[j]))
-            except ValueError as e:
-                raise PackError('%s: record %s (offset %d): %s' % (rec_path, okeys[j], offs[j], e))
-    if len(to_decode) > 64 and num_threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(num_threads) as ex:
-            list(ex.map(lambda t: _check_image(t[0], rec_path, t[1], t[2]), to_decode))
-    else:
-        for img, key, off in to_decode:
-            _check_image(img, rec_path, key, off)
-    return RecordInfo(n, keys, offsets, lmin, lmax, width, len(header_pos), len(to_decode))
+class PackError(RecordError):
+    """Bad input for listing or packing images; the message is one line naming the file."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -843,8 +515,8 @@ def _add_pack_args(p):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog='python -m data.im2rec',
+    parser = ArgParser(
+        prog='crunet-im2rec',
         description='Make image lists and pack them into RecordIO (.rec + .idx) for mx.io.ImageRecordIter.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest='cmd', metavar='CMD')
@@ -877,31 +549,30 @@ def _say(msg):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     say = (lambda msg: None) if getattr(args, 'quiet', False) else _say
-    try:
-        if args.cmd in ('list', 'make'):
-            exts = tuple(e if e.startswith('.') else '.' + e for e in args.exts.split(',') if e)
-            lists = make_lists(args.prefix, args.root, args.list_file, args.synset, args.ext, args.train_ratio,
-                               args.seed, not args.no_shuffle, exts, log=say)
-        if args.cmd in ('pack', 'make'):
-            if args.num_thread < 1:
-                raise PackError('--num-thread must be at least 1')
-            for lst in (args.lst if args.cmd == 'pack' else lists):
-                pack(lst, args.root, resize=args.resize, quality=args.quality, encoding=args.encoding,
-                     pass_through=args.pass_through, num_thread=args.num_thread, skip_bad=args.skip_bad,
-                     progress=not args.quiet, log=say)
-        if args.cmd == 'check':
-            for rec in args.rec:
-                info = scan_recordio(rec, mode=args.mode)
-                print('%s: %d records, labels %g..%g, %d images decoded' % (
-                    rec, info.num_records, info.label_min, info.label_max, info.checked_images))
-    except PackError as e:
-        sys.stderr.write('im2rec: error: %s\n' % e)
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write('im2rec: interrupted\n')
-        return 130
+    if args.cmd in ('list', 'make'):
+        exts = tuple(e if e.startswith('.') else '.' + e for e in args.exts.split(',') if e)
+        lists = make_lists(args.prefix, args.root, args.list_file, args.synset, args.ext, args.train_ratio,
+                           args.seed, not args.no_shuffle, exts, log=say)
+    if args.cmd in ('pack', 'make'):
+        if args.num_thread < 1:
+            raise PackError('--num-thread must be at least 1')
+        for lst in (args.lst if args.cmd == 'pack' else lists):
+            pack(lst, args.root, resize=args.resize, quality=args.quality, encoding=args.encoding,
+                 pass_through=args.pass_through, num_thread=args.num_thread, skip_bad=args.skip_bad,
+                 progress=not args.quiet, log=say)
+    if args.cmd == 'check':
+        for rec in args.rec:
+            info = scan_recordio(rec, mode=args.mode)
+            print('%s: %d records, labels %g..%g, %d images decoded' % (
+                rec, info.num_records, info.label_min, info.label_max, info.checked_images))
     return 0
 
 
+def run(argv=None):
+    """The ``crunet-im2rec`` command: :func:`main` under the exit-code convention of
+    :mod:`crunet.errors` (bad input: one ``error:`` line, exit 2)."""
+    return cli_main(main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run())

@@ -1,6 +1,6 @@
 """Settings for speed: environment applied before MXNet is imported, and the fast symbols.
 
-    from common import perf
+    from crunet import perf
     perf.configure()          # first thing, before ``import mxnet``
     import mxnet as mx
     sym = perf.build_symbol('crunet', num_layers=56)     # bind/train this one
@@ -76,7 +76,7 @@ def configure(environ=None, **overrides):
     if environ.get('CRUNET_PERF_DEFAULTS', '1') == '0':
         return {}
     if environ is os.environ and 'mxnet' in sys.modules:
-        warnings.warn('common.perf.configure() called after `import mxnet`: settings MXNet has '
+        warnings.warn('crunet.perf.configure() called after `import mxnet`: settings MXNet has '
                       'already read keep their old values', RuntimeWarning, stacklevel=2)
     wanted = defaults()
     wanted.update({k: str(v) for k, v in overrides.items()})

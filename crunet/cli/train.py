@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Train a model of the zoo (CRU-Net, ResNeXt, ResNet, ShaResNet) on RecordIO image files.
+
+    python train_imagenet.py                       # the embedded demo: a CIFAR-size CRU-Net on
+                                                   # the bundled handwritten digits, CPU, ~2 min
+    python train_imagenet.py --network crunet --num-layers 56 --gpus 0,1,2,3 \\
+        --data-train train.rec --data-val val.rec --model-prefix runs/crunet56/crunet56
+    python train_imagenet.py ... --resume          # continue from the latest complete checkpoint
+    python tools/launch.py -n 4 -s 4 --launcher ssh -H hosts \\
+        python train_imagenet.py ... --kv-store dist_sync
+
+Without ``--data-train`` (and without ``--benchmark 1``) the bundled demo set is packed under
+``--data-dir`` if needed and a CRU-Net-22 (``--setting cifar``) is trained on it at 32x32; every
+flag still overrides the demo's defaults. ``python train_imagenet.py --help`` lists the flags.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from .. import perf
+perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+
+import mxnet as mx  # noqa: E402  (ps-lite servers and schedulers stop inside this import)
+
+from . import ArgParser  # noqa: E402
+from ..data import iterators as data  # noqa: E402
+from ..errors import CLIError, cli_main  # noqa: E402
+from ..log import setup_logging  # noqa: E402
+from ..train import fit  # noqa: E402
+
+#: the embedded demo: a CIFAR-size CRU-Net on the digits; any flag given overrides these
+DEMO_DEFAULTS = dict(
+    network='crunet', num_layers=22, setting='cifar', num_classes=10, image_shape='3,32,32',
+    batch_size=32, num_epochs=4, lr=0.1, wd=5e-4, lr_policy='cosine', warmup_epochs=0.25,
+    model_prefix=os.path.join('runs', 'demo', 'crunet'), data_nthreads=2, disp_batches=10,
+    rgb_mean='128,128,128', rgb_std='1,1,1', scale=1.0 / 64,
+    # digits must not be mirrored; mild crops, no colour noise on grey images
+    random_resized_crop=1, min_random_area=0.7, max_random_area=1.0,
+    min_random_aspect_ratio=0.85, max_random_aspect_ratio=1.0 / 0.85,
+    random_mirror=0, random_h=0, random_s=0, random_l=0, resize_val=32,
+)
+DEMO_IMAGE_SIZE = 32
+
+
+def build_parser():
+    parser = ArgParser(description='Train a CRU-Net / ResNeXt / ResNet / ShaResNet on RecordIO images; '
+                                   'without --data-train: the embedded digits demo.',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data.add_data_args(parser)
+    data.add_data_aug_args(parser)
+    fit.add_fit_args(parser)
+    parser.add_argument('--data-dir', type=str, default=os.path.join('runs', 'demo', 'data'),
+                        help='demo only: where the bundled digits set is packed (once)')
+    parser.add_argument('--grouped-conv', choices=('blockdiag', 'plain'), default='blockdiag',
+                        help='how grouped 3x3 convolutions with fewer than 8 channels per group are '
+                             'computed in training: blockdiag (merged groups with a block-diagonal '
+                             'weight, oneDNN\'s direct kernel; same parameters, outputs and gradients) '
+                             'or plain; the checkpoint always stores the plain graph')
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse ``argv``; returns ``(args, demo)``. With no --data-train (and no --benchmark) the
+    demo's defaults apply to every flag not given."""
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    demo = not pre.data_train and not pre.benchmark
+    if demo:
+        if pre.data_val:
+            raise CLIError('--data-val %s given without --data-train' % pre.data_val)
+        parser.set_defaults(**DEMO_DEFAULTS)
+    args = parser.parse_args(argv)
+    if args.num_layers is None:
+        args.num_layers = fit.default_num_layers(args.network) if args.network in _networks() else None
+    if not demo and args.model_prefix is None:
+        tag = '%s-%s' % (args.network, args.num_layers)
+        args.model_prefix = os.path.join('runs', tag, tag)
+    return args, demo
+
+
+def _networks():
+    import symbols
+    return symbols.NETWORKS
+
+
+def build_symbol(args, grouped_conv='plain'):
+    """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape/--dtype``,
+    grouped convolutions computed as ``grouped_conv`` says (symbols.blocks.grouped_conv_impl)."""
+    import symbols
+    from symbols.blocks import grouped_conv_impl
+    kw = {}
+    if args.setting:
+        kw['setting'] = args.setting
+    if args.dtype != 'float32':
+        kw['dtype'] = args.dtype
+    try:
+        with grouped_conv_impl(grouped_conv):
+            return symbols.get_symbol(args.network, num_classes=args.num_classes,
+                                      num_layers=args.num_layers, image_shape=args.image_shape, **kw)
+    except symbols.ChoiceError as exc:
+        raise CLIError('--network/--num-layers/--setting: %s' % exc)
+    except ValueError as exc:
+        raise CLIError('--image-shape %s: %s' % (args.image_shape, exc))
+
+
+def prepare_demo_data(args):
+    from ..data.demo import prepare_demo
+    info = prepare_demo(args.data_dir, image_size=DEMO_IMAGE_SIZE,
+                        log=lambda msg: logging.info('demo: %s', msg))
+    args.data_train, args.data_val = info['train'], info['val']
+    args.num_examples = info['num_train']
+    logging.info('Demo: %d training and %d validation digits (%s, %s)', info['num_train'], info['num_val'],
+                 info['train'], info['val'])
+    return info
+
+
+def main(argv=None):
+    args, demo = parse_args(argv)
+    fit.check_args(args)
+    sym = build_symbol(args)            # unknown network/depth/setting: fail before any data work
+    setup_logging()
+    if demo:
+        logging.info('No --data-train: the embedded demo (CRU-Net-22 cifar preset on the bundled digits; '
+                     'python train_imagenet.py --help for real data)')
+        prepare_demo_data(args)
+    if not args.benchmark:
+        for flag in ('data_train', 'data_val'):
+            path = getattr(args, flag)
+            if path and not os.path.isfile(path):
+                raise CLIError('--%s %s: no such file' % (flag.replace('_', '-'), path))
+    train_sym = build_symbol(args, args.grouped_conv) if args.grouped_conv != 'plain' else sym
+    result = fit.fit(args, train_sym, data.get_rec_iter, save_network=sym)
+    return result
+
+
+def run(argv=None):
+    """``main`` under the project's exit-code convention (:mod:`crunet.errors`)."""
+    import symbols
+    cli_main(main, argv, user_errors=(symbols.ChoiceError,))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run())

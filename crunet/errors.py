@@ -1,0 +1,78 @@
+"""Errors the command lines report, the exit-code convention, and MXNet's error messages cut to one line.
+
+Exit codes of every command (``crunet-train``, ``crunet-score``, ``crunet-im2rec``,
+``crunet-export``, ``crunet-launch`` and the root scripts):
+
+====  =====================================================================================
+0     success
+1     internal or environment failure (an MXNet error that is not the user's input, a full disk)
+2     bad input: a flag, a file, a record, a process the user named (``error: ...`` names it)
+3     training diverged (the loss or the weights became NaN/Inf)
+130   interrupted (SIGINT), 143 terminated (SIGTERM)
+====  =====================================================================================
+"""
+import re
+import sys
+
+__all__ = ['CLIError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL', 'EXIT_USER', 'EXIT_DIVERGED',
+           'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USER = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class CLIError(Exception):
+    """A user error (bad flag, missing or damaged file): one line ``error: ...``, exit 2."""
+
+
+class TrainingDiverged(CLIError):
+    """The loss, the weights or the BatchNorm statistics became NaN or infinite: exit 3."""
+
+
+def die(msg, code=EXIT_USER):
+    """Print ``error: msg`` (one line, on stderr) and exit with ``code`` (non-zero)."""
+    msg = ' '.join(str(msg).split())         # exactly one line, whatever the message held
+    sys.stderr.write('error: %s\n' % msg)
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+_LOC = re.compile(r'^\[[\d:]+\]\s*\S+:\d+:\s*')
+
+
+def error_line(exc, limit=300):
+    """The useful line of an exception message: MXNetError messages carry a C++ stack trace,
+    and the line that says what happened is the ``Check failed`` / ``MXNetError:`` one."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    for ln in reversed(lines):
+        if ln.startswith('MXNetError:') or 'Check failed' in ln or 'not registered' in ln:
+            return _LOC.sub('', re.sub(r'^MXNetError:\s*', '', ln))[:limit]
+    return _LOC.sub('', lines[0])[:limit]
+
+
+def cli_main(main, argv=None, user_errors=()):
+    """Run ``main(argv)`` under the exit-code convention: :class:`CLIError` and ``user_errors``
+    exit 2 (``TrainingDiverged`` 3), MXNet errors and ``OSError``/``MemoryError`` exit 1, SIGINT
+    130; each prints one line ``error: ...`` and no traceback. Returns ``main``'s value (an int
+    becomes the exit status when the caller passes it to ``sys.exit``)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        die('interrupted', EXIT_INTERRUPTED)
+    except TrainingDiverged as exc:
+        die(exc, EXIT_DIVERGED)
+    except (CLIError,) + tuple(user_errors) as exc:
+        die(error_line(exc, limit=2000))
+    except (OSError, MemoryError) as exc:
+        die(exc, EXIT_INTERNAL)
+    except Exception as exc:                 # MXNetError and the like: one line, never a trace
+        if type(exc).__name__ == 'MXNetError':
+            die('MXNet: %s' % error_line(exc), EXIT_INTERNAL)
+        raise
