@@ -21,6 +21,8 @@ import time
 import mxnet as mx
 import numpy as np
 
+from symbols.preprocess import INTERPOLATIONS, RELEASED, interpolation_code
+
 from . import recordio
 
 __all__ = ['DataError', 'add_data_args', 'add_data_aug_args', 'get_rec_iter', 'get_val_iter', 'check_recordio',
@@ -33,6 +35,10 @@ class DataError(recordio.RecordError):
 
 
 # ============================================================================ flags
+def _csv(values):
+    return ','.join('%g' % v for v in values)
+
+
 def add_data_args(parser):
     """Add the data flags to ``parser`` (an argparse parser); returns the argument group."""
     data = parser.add_argument_group('Data', 'the input images (RecordIO made by crunet-im2rec)')
@@ -42,13 +48,13 @@ def add_data_args(parser):
                       help='validation RecordIO file (.rec), index beside it (.idx); none: no validation')
     data.add_argument('--data-nthreads', type=int, default=4,
                       help='threads decoding and augmenting images, per iterator')
-    data.add_argument('--image-shape', type=str, default='3,224,224',
+    data.add_argument('--image-shape', type=str, default=','.join(map(str, RELEASED.crop)),
                       help='channels,height,width of the network input; images are cropped/resized to it')
-    data.add_argument('--rgb-mean', type=str, default='124,117,104',
+    data.add_argument('--rgb-mean', type=str, default=_csv(RELEASED.mean),
                       help='R,G,B mean subtracted from every pixel (the released CRU-Nets: 124,117,104)')
-    data.add_argument('--rgb-std', type=str, default='1,1,1',
+    data.add_argument('--rgb-std', type=str, default=_csv(RELEASED.std),
                       help='R,G,B standard deviations the mean-subtracted pixels are divided by')
-    data.add_argument('--scale', type=float, default=0.0167,
+    data.add_argument('--scale', type=float, default=RELEASED.scale,
                       help='factor applied after mean/std: input = (pixel - mean) / std * scale')
     data.add_argument('--num-examples', type=int, default=None,
                       help='images per epoch (ImageNet-1k: 1281167); default: the records of --data-train '
@@ -84,10 +90,11 @@ def add_data_aug_args(parser):
                      help='saturation noise: add a random value in [-S, S] to the S channel (HSL, 0-255)')
     aug.add_argument('--random-l', type=int, default=50,
                      help='lightness noise: add a random value in [-L, L] to the L channel (HSL, 0-255)')
-    aug.add_argument('--resize-val', type=int, default=256,
+    aug.add_argument('--resize-val', type=int, default=RELEASED.resize,
                      help='validation (and --aug-off training): resize the shorter side to this, then centre '
                           'crop --image-shape (0: no resize); an image smaller than the crop is upscaled to cover it')
-    aug.add_argument('--inter-method', type=int, default=2, choices=[1, 2, 3, 4, 9],
+    aug.add_argument('--inter-method', type=int, default=interpolation_code(RELEASED.interpolation),
+                     choices=sorted(INTERPOLATIONS.values()),
                      help='interpolation of every resize: 1 bilinear, 2 bicubic (the released models), 3 area, '
                           '4 lanczos, 9 auto')
     aug.add_argument('--aug-off', type=int, default=0, choices=[0, 1],
