@@ -1,10 +1,8 @@
-"""Settings for speed: environment applied before MXNet is imported, and the fast symbols.
+"""Settings for speed: the environment applied before MXNet is imported.
 
     from crunet import perf
     perf.configure()          # first thing, before ``import mxnet``
     import mxnet as mx
-    sym = perf.build_symbol('crunet', num_layers=56)     # bind/train this one
-    plain = perf.build_symbol('crunet', fast=False, num_layers=56)  # save / export / count this one
 
 Why (measured in ``bench/FINDINGS.md``): without ``OMP_NUM_THREADS`` MXNet 1.9 gives its
 operators (and oneDNN) half of the processors the OS reports, assuming two hyper-threads per
@@ -24,7 +22,7 @@ import os
 import sys
 import warnings
 
-__all__ = ['defaults', 'APPLIED', 'physical_cores', 'configure', 'describe', 'build_symbol']
+__all__ = ['defaults', 'APPLIED', 'physical_cores', 'configure', 'describe']
 
 
 def physical_cores():
@@ -60,7 +58,7 @@ def defaults():
 REPORTED = ('OMP_NUM_THREADS', 'MXNET_CPU_WORKER_NTHREADS', 'OMP_WAIT_POLICY', 'OMP_PROC_BIND',
             'GOMP_SPINCOUNT', 'KMP_AFFINITY', 'KMP_BLOCKTIME', 'MXNET_MKLDNN_ENABLED',
             'MXNET_SUBGRAPH_BACKEND', 'MXNET_EXEC_BULK_EXEC_TRAIN', 'MXNET_EXEC_ENABLE_INPLACE',
-            'MXNET_ENGINE_TYPE', 'MXNET_OMP_MAX_THREADS', 'CRUNET_GROUPED_CONV', 'CRUNET_PERF_DEFAULTS')
+            'MXNET_ENGINE_TYPE', 'MXNET_OMP_MAX_THREADS', 'DNNL_MAX_CPU_ISA', 'CRUNET_PERF_DEFAULTS')
 
 
 #: what :func:`configure` set in ``os.environ`` (as opposed to what the user set)
@@ -94,14 +92,3 @@ def describe(environ=None):
     """The speed-relevant variables as they are now (``'(unset)'`` for those not set)."""
     environ = os.environ if environ is None else environ
     return {name: environ.get(name, '(unset)') for name in REPORTED}
-
-
-
-def build_symbol(network, fast=True, **kwargs):
-    """``symbols.get_symbol(network, **kwargs)`` with the fast operator choices
-    (``symbols.blocks.grouped_conv_impl('blockdiag')``); ``fast=False`` gives the plain graph, to
-    save with a checkpoint, export to ONNX or count multiply-adds. Both bind the same parameters
-    and compute the same outputs and gradients."""
-    from symbols import blocks, get_symbol
-    with blocks.grouped_conv_impl('blockdiag' if fast else 'plain'):
-        return get_symbol(network, **kwargs)

@@ -6,16 +6,22 @@
 25609384
 """
 import importlib
+import inspect
 
 
 from ._registry import ChoiceError
 from .stats import count_aux, count_macs, count_params, model_size_mb
 
-__all__ = ['NETWORKS', 'ChoiceError', 'get_symbol', 'get_module', 'count_params', 'count_aux',
+__all__ = ['NETWORKS', 'ChoiceError', 'get_symbol', 'get_module', 'symbol_arguments', 'default_num_layers', 'count_params', 'count_aux',
            'count_macs', 'model_size_mb', 'load_checkpoint', 'gluon_model', 'zoo']
 
-#: network name -> module under ``symbols`` exposing ``get_symbol(num_classes, num_layers, image_shape, **kw)``
+#: network name -> module under ``symbols`` exposing ``get_symbol(num_classes, num_layers, image_shape, ...)``
 NETWORKS = ('crunet', 'resnext', 'resnet', 'sharesnet')
+
+
+def default_num_layers(network):
+    """The depth ``get_symbol(network)`` builds when ``num_layers`` is not given."""
+    return inspect.signature(get_module(network).get_symbol).parameters['num_layers'].default
 
 
 def get_module(network):
@@ -25,14 +31,25 @@ def get_module(network):
     return importlib.import_module('.' + network, __name__)
 
 
-def get_symbol(network, num_classes=1000, num_layers=None, image_shape='3,224,224', **kwargs):
-    """Build ``network`` (``crunet``, ``resnext``, ``resnet``, ``sharesnet``): a Symbol ending in
-    ``SoftmaxOutput`` ``softmax`` whose input is ``data``. Keyword arguments go to the module's
-    ``get_symbol`` (``setting``, ``widen_factor``, ``shared``, ``dtype``)."""
-    module = get_module(network)
-    if num_layers is not None:
-        kwargs['num_layers'] = num_layers
-    return module.get_symbol(num_classes=num_classes, image_shape=image_shape, **kwargs)
+def symbol_arguments(network):
+    """The keyword arguments ``get_symbol(network, ...)`` takes, in signature order."""
+    return list(inspect.signature(get_module(network).get_symbol).parameters)
+
+
+def get_symbol(network, **kwargs):
+    """Build ``network`` (``crunet``, ``resnext``, ``resnet``, ``sharesnet``): a Symbol whose input is
+    ``data``, by default ending in ``SoftmaxOutput`` ``softmax``. The keyword arguments are those of
+    the network's ``get_symbol`` (``num_classes``, ``num_layers``, ``image_shape``, ``setting`` or
+    ``widen_factor``, ``shared``, ``dtype``, ``grouped_conv``, ``pooling``, ``output``); an unknown
+    one raises :class:`ChoiceError` naming it and listing the valid ones."""
+    valid = symbol_arguments(network)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ChoiceError('%s: unknown argument%s %s; valid arguments: %s' % (
+            network, 's' if len(unknown) > 1 else '', ', '.join(unknown), ', '.join(valid)))
+    if kwargs.get('num_layers', 0) is None:
+        del kwargs['num_layers']
+    return get_module(network).get_symbol(**kwargs)
 
 
 def load_checkpoint(prefix, epoch, **kwargs):
@@ -50,12 +67,14 @@ def gluon_model(prefix, epoch, ctx=None, num_classes=None, **kwargs):
     return _gluon_model(prefix, epoch, ctx=ctx, num_classes=num_classes, **kwargs)
 
 
-#: Every model of the zoo: (label, network, kwargs at its native input size, paper target)
+#: Every model of the zoo: (label, network, ``get_symbol`` keyword arguments at its native input size)
 ZOO = [
     ('CRU-Net-56 @x14 32x4d', 'crunet', dict(num_layers=56)),
+    ('CRU-Net-56 @x14 32x4d unshared', 'crunet', dict(num_layers=56, shared=False)),
     ('CRU-Net-56 @x14 136x1d', 'crunet', dict(num_layers=56, setting='136x1d')),
     ('CRU-Net-56 tiny @x14 32x4d', 'crunet', dict(num_layers=56, setting='tiny')),
     ('CRU-Net-116 @x28x14 32x4d', 'crunet', dict(num_layers=116)),
+    ('CRU-Net-116 @x28x14 32x4d unshared', 'crunet', dict(num_layers=116, shared=False)),
     ('CRU-Net-116 @x28x14 wider 64x4d', 'crunet', dict(num_layers=116, setting='wider')),
     ('CRU-Net-22 CIFAR (demo)', 'crunet', dict(num_layers=22, setting='cifar', image_shape='3,32,32', num_classes=10)),
     ('ResNeXt-50 32x4d', 'resnext', dict(num_layers=50)),

@@ -5,12 +5,9 @@ class ChoiceError(ValueError):
     """An unknown network, depth or setting; the message lists the valid choices."""
 
 
-def choose(network, presets, num_layers, setting=None, defaults=None):
-    """Return ``presets[(num_layers, setting)]``, ``setting`` defaulting per depth.
-
-    ``presets`` maps ``(num_layers, setting)`` to a preset; ``defaults`` maps a depth to its
-    default setting (the first listed one when absent).
-    """
+def choose(network, presets, num_layers, setting=None):
+    """Return ``(setting, presets[(num_layers, setting)])``; ``setting`` defaults to the first one
+    listed for the depth. ``presets`` maps ``(num_layers, setting)`` to a preset."""
     depths = sorted({d for d, _ in presets})
     try:
         num_layers = int(num_layers)
@@ -21,7 +18,7 @@ def choose(network, presets, num_layers, setting=None, defaults=None):
                           % (network, num_layers, ', '.join(map(str, depths))))
     settings = [s for d, s in presets if d == num_layers]
     if setting is None:
-        setting = (defaults or {}).get(num_layers, settings[0])
+        setting = settings[0]
     if (num_layers, setting) not in presets:
         raise ChoiceError('%s-%d: unknown setting %r; valid choices: %s'
                           % (network, num_layers, setting, ', '.join(map(str, settings))))

@@ -8,58 +8,46 @@ Names follow the released CRU-Net graphs mechanically:
   used by the ImageNet ShaResNets;
 * a shared weight is one named ``mx.sym.Variable`` handed to several convolutions.
 
-Networks are tables of numbers (see ``Stage``) driven through :func:`build_network`.
+Networks are tables of numbers (see ``Stage``) driven through :func:`build_network` (the body
+:func:`build_body` and the head :func:`classifier` separately when a graph needs another head).
 """
-import contextlib
 import functools
-import os
 from collections import namedtuple
 
 import mxnet as mx
 
 BN_MOMENTUM = 0.9
 
-#: How a grouped convolution (1 < num_group < input channels) is computed:
-#: ``'plain'``  one ``mx.sym.Convolution`` with ``num_group`` (the released graphs; needed for
-#:              ONNX export and by ``count_macs``);
-#: ``'blockdiag'`` when a group has fewer channels than :data:`GROUP_CHANNELS_MULTIPLE`, merge
-#:              ``k`` neighbouring groups into one whose weight is block diagonal (the original
-#:              weight on the diagonal, exact zeros elsewhere), built inside the graph from the
-#:              same weight Variable. Same parameters, outputs and gradients; ``k`` times the
-#:              multiply-adds, but oneDNN's blocked direct kernel instead of its per-group GEMM
-#:              fallback (CRU-Net-56's conv2, 4 channels per group, forward + backward on 2 AVX2
-#:              cores: ~320 -> ~60 ms per training step of 8 images). See bench/FINDINGS.md.
-#: Default from the environment variable ``CRUNET_GROUPED_CONV``; ``grouped_conv_impl`` sets it
-#: for the symbols built inside a ``with`` block.
-GROUPED_CONV = os.environ.get('CRUNET_GROUPED_CONV', 'plain')
-GROUPED_CONV_IMPLS = ('plain', 'blockdiag')
-#: channels per group oneDNN's direct (non-GEMM) grouped kernels need: the f32 SIMD width, 8 on AVX2.
-GROUP_CHANNELS_MULTIPLE = 8
+#: How a grouped convolution (1 < num_group < input channels) is computed; every builder takes it
+#: as its ``grouped_conv`` argument:
+#: ``'plain'``  one ``mx.sym.Convolution`` with ``num_group`` (the released graphs; what
+#:              checkpoints, ONNX export and ``count_macs`` use);
+#: ``'blockdiag8'`` / ``'blockdiag16'``: when a group has fewer input or output channels than a
+#:              multiple of 8 (16), merge ``k`` neighbouring groups into one whose weight is block
+#:              diagonal (the original weight on the diagonal, exact zeros elsewhere), built inside the
+#:              graph from the same weight Variable. Same parameters, outputs and gradients; ``k``
+#:              times the multiply-adds, but oneDNN's blocked direct kernels (and BatchNorm's blocked
+#:              kernels around them) instead of its per-group reference fallbacks. 8 is the f32
+#:              vector width of AVX2, 16 of AVX-512; ``crunet.isa`` picks the one the machine wants
+#:              (bench/FINDINGS.md).
+GROUPED_CONV_CHOICES = ('plain', 'blockdiag8', 'blockdiag16')
+_MERGE_MULTIPLE = {'plain': None, 'blockdiag8': 8, 'blockdiag16': 16}
 
 
-@contextlib.contextmanager
-def grouped_conv_impl(impl):
-    """Build symbols with grouped convolution ``impl`` inside a ``with`` block::
-
-        with grouped_conv_impl('blockdiag'):
-            sym = get_symbol('crunet', num_layers=56)
-
-    Parameters (names, shapes, order), outputs and gradients are those of the plain graph."""
-    global GROUPED_CONV
-    if impl not in GROUPED_CONV_IMPLS:
-        raise ValueError('grouped convolution impl must be one of %s, not %r' % (GROUPED_CONV_IMPLS, impl))
-    old, GROUPED_CONV = GROUPED_CONV, impl
-    try:
-        yield
-    finally:
-        GROUPED_CONV = old
+def check_grouped_conv(grouped_conv):
+    """``grouped_conv`` itself, or ValueError listing the valid choices."""
+    if grouped_conv not in _MERGE_MULTIPLE:
+        raise ValueError('grouped_conv must be one of %s, not %r' % (', '.join(GROUPED_CONV_CHOICES), grouped_conv))
+    return grouped_conv
 
 
 #: One stage of a network: ``units`` blocks, bottleneck width ``width`` (D), output width ``out``,
 #: ``groups`` of the grouped 3x3 (0 means depthwise: groups = width), ``share`` the number of
-#: consecutive units that share one set of collective bases (0: plain residual units).
-Stage = namedtuple('Stage', 'units width out groups share')
-Stage.__new__.__defaults__ = (32, 0)
+#: consecutive units that share one set of collective bases (0: plain residual units; 1: collective
+#: units that each own their bases), ``share3x3_from`` the first unit (0-based) from which the units'
+#: 3x3 convolution (the second 3x3 of a basic block) is one shared weight (ShaResNet; None: not shared).
+Stage = namedtuple('Stage', 'units width out groups share share3x3_from')
+Stage.__new__.__defaults__ = (32, 0, None)
 
 
 def _pair(v):
@@ -76,10 +64,9 @@ def bn_ac(data, name):
     return mx.sym.Activation(data=bn(data, '%s__bn' % name), act_type='relu', name='%s__relu' % name)
 
 
-def merge_factor(num_group, in_channels, num_filter, multiple=None):
+def merge_factor(num_group, in_channels, num_filter, multiple):
     """Smallest ``k`` (dividing ``num_group``) such that ``k`` merged groups have a multiple of
     ``multiple`` input and output channels; 1 when no merge is needed or none helps."""
-    multiple = multiple or GROUP_CHANNELS_MULTIPLE
     cin, cout = in_channels // num_group, num_filter // num_group
     if num_group <= 1 or cin == 1 or (cin % multiple == 0 and cout % multiple == 0):
         return 1
@@ -109,21 +96,19 @@ def block_diagonal_weight(weight, name, num_group, in_channels, num_filter, kern
 
 
 def conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None,
-         in_channels=None, impl=None):
+         in_channels=None, grouped_conv='plain'):
     """Convolution ``name__conv`` without bias; ``weight`` (a Variable) shares a weight.
 
     A grouped convolution (``1 < num_group < in_channels``; ``in_channels`` defaults to
-    ``num_filter``, as in every unit of the zoo) is computed as :data:`GROUPED_CONV` (or
-    ``impl``) says; the parameters (names, shapes, order of ``list_arguments``) are the same
-    either way.
+    ``num_filter``, as in every unit of the zoo) is computed as ``grouped_conv`` says (see
+    :data:`GROUPED_CONV_CHOICES`); the parameters (names, shapes, order of ``list_arguments``) are
+    the same either way.
     """
     kernel, stride = _pair(kernel), _pair(stride)
     pad = tuple(k // 2 for k in kernel) if pad is None else _pair(pad)
-    impl = impl or GROUPED_CONV
-    if impl not in GROUPED_CONV_IMPLS:
-        raise ValueError('grouped convolution impl must be one of %s, not %r' % (GROUPED_CONV_IMPLS, impl))
+    multiple = _MERGE_MULTIPLE[check_grouped_conv(grouped_conv)]
     in_channels = num_filter if in_channels is None else in_channels
-    k = merge_factor(num_group, in_channels, num_filter) if impl == 'blockdiag' else 1
+    k = merge_factor(num_group, in_channels, num_filter, multiple) if multiple else 1
     if k > 1:
         wshape = (num_filter, in_channels // num_group) + kernel
         if weight is None:
@@ -140,14 +125,18 @@ def conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weig
     return mx.sym.Convolution(**kwargs)
 
 
-def bn_ac_conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None):
+def bn_ac_conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None,
+               grouped_conv='plain'):
     """Pre-activation BN -> ReLU -> Conv; BatchNorm is named ``name__bn__bn``."""
-    return conv(bn_ac(data, '%s__bn' % name), name, num_filter, kernel, stride, pad, num_group, weight)
+    return conv(bn_ac(data, '%s__bn' % name), name, num_filter, kernel, stride, pad, num_group, weight,
+                grouped_conv=grouped_conv)
 
 
-def conv_bn_ac(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None, act=True):
+def conv_bn_ac(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None, act=True,
+               grouped_conv='plain'):
     """Post-activation Conv -> BN (``name__bn``) -> ReLU (omitted with ``act=False``)."""
-    out = bn(conv(data, name, num_filter, kernel, stride, pad, num_group, weight), '%s__bn' % name)
+    out = bn(conv(data, name, num_filter, kernel, stride, pad, num_group, weight, grouped_conv=grouped_conv),
+             '%s__bn' % name)
     return mx.sym.Activation(out, act_type='relu', name='%s__relu' % name) if act else out
 
 
@@ -159,7 +148,8 @@ def shared_variable(cache, name, shape=None):
 
 
 # ----------------------------------------------------------------------------- residual units
-def residual_unit(data, name, width, out, groups, stride, proj, preact=True, basic=False, weight3=None):
+def residual_unit(data, name, width, out, groups, stride, proj, preact=True, basic=False, weight3=None,
+                  grouped_conv='plain'):
     """ResNeXt / ResNet residual unit (the authors' ``ResidualFactory``).
 
     Bottleneck ``c1x1-a`` -> ``c3x3-b`` (grouped, stride) -> ``c1x1-c``, or with ``basic`` two
@@ -181,7 +171,8 @@ def residual_unit(data, name, width, out, groups, stride, proj, preact=True, bas
         body = last(body, '%s_c3x3-b' % name, out, 3, weight=weight3)
     else:
         body = unit(data, '%s_c1x1-a' % name, width, 1)
-        body = unit(body, '%s_c3x3-b' % name, width, 3, stride, num_group=groups, weight=weight3)
+        body = unit(body, '%s_c3x3-b' % name, width, 3, stride, num_group=groups, weight=weight3,
+                    grouped_conv=grouped_conv)
         body = last(body, '%s_c1x1-c' % name, out, 1)
     body = mx.sym.ElementWiseSum(short, body, name='%s_ele-sum' % name)
     return body if preact else mx.sym.Activation(body, act_type='relu', name='%s_relu' % name)
@@ -192,7 +183,8 @@ def collective_unit(data, name, width, out, stride, proj, group, cache):
 
     The shared 1x1 bases ``G_1x1_bases[dim3]_weight`` (width, out, 1, 1) and the shared
     depthwise 3x3 bases ``G_3x3_bases[dim21]_weight`` (width, 1, 3, 3) are Variables from
-    ``cache``, so every unit of the group uses the same two arrays.
+    ``cache``, so every unit of the group uses the same two arrays. (The depthwise 3x3 has one
+    channel per group: no formulation choice applies to it.)
     """
     w1 = shared_variable(cache, '%s_1x1_bases[dim3]_weight' % group)
     w3 = shared_variable(cache, '%s_3x3_bases[dim21]_weight' % group)
@@ -210,12 +202,18 @@ def collective_unit(data, name, width, out, stride, proj, group, cache):
 
 
 def share_group(stage, index, share, units):
-    """Name of the share group of unit ``index`` (0-based): ``convS_x__x`` or ``convS_x__(k)``."""
+    """Name of the share group of unit ``index`` (0-based): ``convS_x__x`` when one group spans the
+    stage, else ``convS_x__(k)`` for the k-th run of ``share`` units."""
     tag = 'x' if share >= units else '(%d)' % (index // share + 1)
     return 'conv%d_x__%s' % (stage, tag)
 
 
 # ----------------------------------------------------------------------------- stems and heads
+STEMS = ('imagenet', 'cifar')
+OUTPUTS = ('softmax', 'probabilities', 'logits', 'features')
+POOLINGS = ('avg', 'mean-max')
+
+
 def data_input(dtype='float32'):
     data = mx.sym.Variable('data')
     return mx.sym.Cast(data, dtype='float16') if dtype == 'float16' else data
@@ -234,41 +232,80 @@ def cifar_stem(data, filters=16):
     return conv(data, 'conv1_x_1', filters, 3, 1, 1)
 
 
-def classifier(body, num_classes, preact=True, dtype='float32'):
-    """Final BN + ReLU (pre-activation only), 7x7 average pooling ``pool5`` (global for other
-    input sizes), ``flatten``, ``fc6`` and ``SoftmaxOutput`` ``softmax``."""
+def global_pool(body, pooling='avg'):
+    """``pool5``: global average pooling, or mean-max pooling ``0.5 * (average + max)`` (for
+    inputs larger than the training crop; the same parameters)."""
+    if pooling == 'avg':
+        return mx.sym.Pooling(body, kernel=(7, 7), global_pool=True, pool_type='avg', name='pool5')
+    if pooling != 'mean-max':
+        raise ValueError('pooling must be one of %s, not %r' % (', '.join(POOLINGS), pooling))
+    avg = mx.sym.Pooling(body, global_pool=True, kernel=(1, 1), pool_type='avg', name='pool5_avg')
+    top = mx.sym.Pooling(body, global_pool=True, kernel=(1, 1), pool_type='max', name='pool5_max')
+    return mx.sym._internal._mul_scalar(mx.sym.elemwise_add(avg, top, name='pool5_sum'), scalar=0.5, name='pool5')
+
+
+def classifier(body, num_classes, preact=True, dtype='float32', pooling='avg', output='softmax'):
+    """The head: final BN + ReLU (pre-activation only), :func:`global_pool` ``pool5``, ``flatten``,
+    ``fc6`` and the output: ``softmax`` (``SoftmaxOutput``, for training and checkpoints),
+    ``probabilities`` (a softmax named ``softmax`` without label input, for deployment),
+    ``logits`` (fc6), or ``features`` (the pooled, flattened features)."""
+    if output not in OUTPUTS:
+        raise ValueError('output must be one of %s, not %r' % (', '.join(OUTPUTS), output))
     if preact:
         body = bn_ac(body, 'conv5_x_x__relu-sp')
-    body = mx.sym.Pooling(body, kernel=(7, 7), global_pool=True, pool_type='avg', name='pool5')
-    body = mx.sym.Flatten(body, name='flatten')
+    body = mx.sym.Flatten(global_pool(body, pooling), name='flatten')
+    if output == 'features':
+        return body
     body = mx.sym.FullyConnected(body, num_hidden=num_classes, name='fc6')
     if dtype == 'float16':
         body = mx.sym.Cast(body, dtype='float32')
+    if output == 'logits':
+        return body
+    if output == 'probabilities':
+        return mx.sym.softmax(body, axis=-1, name='softmax')
     return mx.sym.SoftmaxOutput(body, name='softmax')
 
 
-def build_network(stages, num_classes, stem='imagenet', first_stage=2, dtype='float32'):
-    """Pre-activation network from a table of :class:`Stage` rows (CRU-Net, ResNeXt, ResNet).
+def _stage_unit(body, st, stage, i, in_width, preact, basic, cache, grouped_conv):
+    """Unit ``i`` (0-based) of stage ``stage`` (table row ``st``)."""
+    name = 'conv%d_x__%d' % (stage, i + 1)
+    stride = 2 if (i == 0 and stage > 2) else 1
+    proj = i == 0 and (stride > 1 or in_width != st.out)
+    if st.share:
+        return collective_unit(body, name, st.width, st.out, stride, proj,
+                               share_group(stage, i, st.share, st.units), cache)
+    tied = st.share3x3_from is not None and i >= st.share3x3_from
+    w3 = shared_variable(cache, 'conv%d_x__x_3x3_shared_weight' % stage) if tied else None
+    groups = st.width if st.groups == 0 else st.groups
+    return residual_unit(body, name, st.width, st.out, groups, stride, proj, preact=preact, basic=basic,
+                         weight3=w3, grouped_conv=grouped_conv)
 
-    Stage ``first_stage`` keeps the resolution (its first unit is a ``proj`` unit), every later
-    stage halves it (``down`` units). Units of a stage with ``share > 0`` are collective units
-    sharing their bases in runs of ``share`` units.
-    """
+
+def build_body(stages, stem='imagenet', preact=True, basic=False, dtype='float32', grouped_conv='plain'):
+    """The feature extractor of a table of :class:`Stage` rows: stem, then stage 2 (resolution kept),
+    3, 4, ... (each halving it); the last feature map, before the head."""
+    if stem not in STEMS:
+        raise ValueError('stem must be one of %s, not %r' % (', '.join(STEMS), stem))
+    check_grouped_conv(grouped_conv)
     data = data_input(dtype)
-    body = imagenet_stem(data) if stem == 'imagenet' else cifar_stem(data)
+    body = imagenet_stem(data, preact=preact) if stem == 'imagenet' else cifar_stem(data)
+    in_width = 64 if stem == 'imagenet' else 16
     cache = {}
     for s, st in enumerate(stages):
-        stage = first_stage + s
-        groups = st.width if st.groups == 0 else st.groups
         for i in range(st.units):
-            name = 'conv%d_x__%d' % (stage, i + 1)
-            stride = 2 if (i == 0 and s > 0) else 1
-            if st.share:
-                body = collective_unit(body, name, st.width, st.out, stride, i == 0,
-                                       share_group(stage, i, st.share, st.units), cache)
-            else:
-                body = residual_unit(body, name, st.width, st.out, groups, stride, i == 0)
-    return classifier(body, num_classes, preact=True, dtype=dtype)
+            body = _stage_unit(body, st, 2 + s, i, in_width, preact, basic, cache, grouped_conv)
+            in_width = st.out
+    return body
+
+
+def build_network(stages, num_classes, stem='imagenet', preact=True, basic=False, dtype='float32',
+                  grouped_conv='plain', pooling='avg', output='softmax'):
+    """A network of the zoo from its table of :class:`Stage` rows: :func:`build_body` then
+    :func:`classifier`. Pre-activation (CRU-Net, ResNeXt, ResNet, CIFAR ShaResNets) or
+    post-activation (ImageNet ShaResNets); bottleneck or ``basic`` blocks; units of a stage with
+    ``share > 0`` are collective units sharing their bases in runs of ``share`` units."""
+    body = build_body(stages, stem, preact, basic, dtype, grouped_conv)
+    return classifier(body, num_classes, preact=preact, dtype=dtype, pooling=pooling, output=output)
 
 
 def parse_shape(image_shape):

@@ -31,7 +31,7 @@ from crunet.files import atomic_save
 
 from .blocks import parse_shape
 
-__all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'upgrade_json', 'load_symbol',
+__all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'check_graph', 'upgrade_json', 'load_symbol',
            'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
            'expected_shapes', 'num_classes_of', 'data_shape_of', 'head_op', 'logits_symbol', 'inference_symbol',
            'mean_max_symbol', 'symbol_path', 'params_path']
@@ -88,20 +88,107 @@ def _channelwise_to_conv(node):
 RELEASED_OPS = {'ChannelwiseConvolution': _channelwise_to_conv}
 
 
+def _entry(item, where, limit, nodes):
+    """``(node_id, output_index)`` of a graph entry ``[node_id, index(, version)]`` that must name
+    one of the first ``limit`` nodes; ``CheckpointError`` naming ``where`` otherwise."""
+    ok = isinstance(item, list) and len(item) in (2, 3) and \
+        all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item)
+    if not ok:
+        raise CheckpointError('%s: %r is not an entry [node_id, output_index, version]' % (where, item))
+    node_id, index = item[0], item[1]
+    if node_id >= limit:
+        what = 'an earlier node (0..%d)' % (limit - 1) if limit < len(nodes) else \
+            'one of the %d nodes' % len(nodes)
+        raise CheckpointError('%s: refers to node %d, not %s' % (where, node_id, what))
+    return node_id, index
+
+
+def _num_outputs(node):
+    """How many outputs the operator node ``node`` has (visible or not, as its inputs and the
+    graph heads count them): MXNet's own count for a one-node graph of it (``node_row_ptr``)."""
+    k = len(node.get('inputs', ()))
+    mini = {'nodes': [{'op': 'null', 'name': '__input%d__' % i, 'inputs': []} for i in range(k)]
+            + [dict(node, inputs=[[i, 0, 0] for i in range(k)])],
+            'arg_nodes': list(range(k)), 'heads': [[k, 0, 0]]}
+    for key in ('attrs', 'attr', 'param'):            # released files: let MXNet upgrade as for the graph
+        if key in node and key != 'attrs':
+            mini['attrs'] = {'mxnet_version': ['int', 903]}
+    try:
+        saved = json.loads(mx.sym.load_json(json.dumps(mini)).tojson())
+        return saved['node_row_ptr'][k + 1] - saved['node_row_ptr'][k]
+    except (mx.base.MXNetError, KeyError, IndexError, ValueError) as err:
+        raise CheckpointError('node %r (%s): MXNet cannot build it: %s'
+                              % (node.get('name'), node.get('op'), error_line(err)))
+
+
+def check_graph(graph, count_outputs=True):
+    """Check the structure of a parsed symbol JSON before MXNet reads it: MXNet trusts the node
+    and output indices of a graph and reads out of bounds (a crash, not an error) on a head or
+    input that names a node or an output that does not exist.
+
+    ``nodes`` must be a list of dicts with a string ``op`` and ``name`` and a list of ``inputs``
+    naming earlier nodes; ``arg_nodes`` and ``heads`` must name existing nodes; every output
+    index must exist (a variable has one output, an operator the outputs MXNet gives it; with
+    ``count_outputs=False`` only the variables' are checked, for operators MXNet does not know yet)."""
+    if not isinstance(graph, dict) or not isinstance(graph.get('nodes'), list):
+        raise CheckpointError('not an MXNet symbol JSON (no "nodes" list)')
+    nodes = graph['nodes']
+    if not nodes:
+        raise CheckpointError('the symbol JSON has no nodes')
+    used = {}                                     # node id -> largest output index referred to
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            raise CheckpointError('node %d is %r, not an object with "op", "name", "inputs"' % (i, node))
+        for key in ('op', 'name'):
+            if not isinstance(node.get(key), str):
+                raise CheckpointError('node %d: "%s" must be a string, found %r' % (i, key, node.get(key)))
+        inputs = node.get('inputs', [])
+        if not isinstance(inputs, list):
+            raise CheckpointError('node %d (%s): "inputs" must be a list, found %r' % (i, node['name'], inputs))
+        if node['op'] == 'null' and inputs:
+            raise CheckpointError('node %d (%s): a variable ("op": "null") has no inputs' % (i, node['name']))
+        for item in inputs:
+            nid, index = _entry(item, 'node %d (%s) input' % (i, node['name']), i, nodes)
+            used[nid] = max(used.get(nid, 0), index)
+        for item in node.get('control_deps', []) or []:
+            if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item < len(nodes):
+                raise CheckpointError('node %d (%s): control dependency %r is not a node' % (i, node['name'], item))
+    args = graph.get('arg_nodes', [])
+    if not isinstance(args, list) or not all(isinstance(a, int) and not isinstance(a, bool)
+                                             and 0 <= a < len(nodes) for a in args):
+        raise CheckpointError('"arg_nodes" must list node ids 0..%d, found %r' % (len(nodes) - 1, args))
+    heads = graph.get('heads')
+    if not isinstance(heads, list) or not heads:
+        raise CheckpointError('the symbol JSON has no "heads" (its outputs)')
+    for item in heads:
+        nid, index = _entry(item, 'head %r' % (item,), len(nodes), nodes)
+        used[nid] = max(used.get(nid, 0), index)
+    for nid, index in sorted(used.items()):
+        node = nodes[nid]
+        if node['op'] != 'null' and (index == 0 or not count_outputs):
+            continue
+        count = 1 if node['op'] == 'null' else _num_outputs(node)
+        if index >= count:
+            raise CheckpointError('output %d of node %d (%s, op %s) is used, but the node has %d output%s'
+                                  % (index, nid, node['name'], node['op'], count, '' if count == 1 else 's'))
+    return graph
+
+
 def upgrade_json(text):
     """Rewrite the operators of the authors' fork in a symbol JSON (text or parsed dict).
 
     Returns ``(json_text, converted)``: the JSON stock MXNet parses, and the names of the
-    nodes whose operator was replaced (empty for the project's own files)."""
+    nodes whose operator was replaced (empty for the project's own files). The graph is
+    checked first (:func:`check_graph`): a :class:`CheckpointError` names what is wrong."""
     graph = json.loads(text) if isinstance(text, (str, bytes)) else text
-    if not isinstance(graph, dict) or not isinstance(graph.get('nodes'), list):
-        raise CheckpointError('not an MXNet symbol JSON (no "nodes" list)')
+    check_graph(graph, count_outputs=False)
     converted = []
     for node in graph['nodes']:
         fix = RELEASED_OPS.get(node.get('op'))
         if fix is not None:
             fix(node)
             converted.append(node.get('name'))
+    check_graph(graph)                            # the stock operators' outputs
     return json.dumps(graph), converted
 
 

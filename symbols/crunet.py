@@ -45,13 +45,26 @@ PRESETS = {
 }
 
 
-def get_symbol(num_classes=1000, num_layers=56, image_shape='3,224,224', setting=None,
-               dtype='float32', **kwargs):
+def _unshared(stages):
+    """The same stages with every collective unit owning its bases (share runs of one unit)."""
+    return tuple(st._replace(share=1) if st.share else st for st in stages)
+
+
+def get_symbol(num_classes=1000, num_layers=56, image_shape='3,224,224', setting=None, shared=True,
+               dtype='float32', grouped_conv='plain', pooling='avg', output='softmax'):
     """CRU-Net symbol whose parameter names match the released checkpoints.
 
     ``get_symbol(num_layers=56)`` is CRU-Net-56 @x14 32x4d, ``num_layers=116`` CRU-Net-116
     @x28x14 32x4d; ``setting`` picks ``136x1d``/``tiny`` (56), ``wider`` (116), ``cifar`` (22).
-    """
+    ``shared=False`` is the unshared twin: the same architecture with every collective unit owning
+    its 1x1 and 3x3 bases (``convS_x__(k)_1x1_bases[dim3]_weight`` for unit k), the ablation of
+    the sharing (CRU-Net-56: 28,914,984 parameters instead of 25,609,384).
+    ``dtype`` float16 casts the input and the logits (GPU training); ``grouped_conv`` is the
+    formulation of grouped convolutions (``symbols.blocks.GROUPED_CONV_CHOICES``); ``pooling``
+    (``avg``, ``mean-max``) and ``output`` (``softmax``, ``probabilities``, ``logits``,
+    ``features``) choose the head (``symbols.blocks.classifier``)."""
     parse_shape(image_shape)
     _, preset = choose('crunet', PRESETS, num_layers, setting)
-    return build_network(preset['stages'], num_classes, stem=preset.get('stem', 'imagenet'), dtype=dtype)
+    stages = preset['stages'] if shared else _unshared(preset['stages'])
+    return build_network(stages, num_classes, stem=preset.get('stem', 'imagenet'), dtype=dtype,
+                         grouped_conv=grouped_conv, pooling=pooling, output=output)

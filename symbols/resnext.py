@@ -24,8 +24,14 @@ PRESETS = {(d, s): tuple(Stage(u, w, o, _WIDTHS[s][1]) for u, w, o in
 
 
 def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', setting=None,
-               dtype='float32', **kwargs):
-    """ResNeXt-50/101 (``setting`` 32x4d by default; 2x40d, Nx1d for 50; 64x4d for 101)."""
+               dtype='float32', grouped_conv='plain', pooling='avg', output='softmax'):
+    """ResNeXt-50/101 (``setting`` 32x4d by default; 2x40d, Nx1d for 50; 64x4d for 101).
+
+    ``dtype`` float16 casts the input and the logits (GPU training); ``grouped_conv`` is the
+    formulation of grouped convolutions (``symbols.blocks.GROUPED_CONV_CHOICES``); ``pooling``
+    (``avg``, ``mean-max``) and ``output`` (``softmax``, ``probabilities``, ``logits``,
+    ``features``) choose the head (``symbols.blocks.classifier``)."""
     parse_shape(image_shape)
     _, stages = choose('resnext', PRESETS, num_layers, setting)
-    return build_network(stages, num_classes, dtype=dtype)
+    return build_network(stages, num_classes, dtype=dtype, grouped_conv=grouped_conv, pooling=pooling,
+                         output=output)

@@ -15,52 +15,59 @@ network                     family     units          widths              shared
 WRN-d-k (``widen_factor``)  basic      (d-4)/6 each   16k, 32k, 64k       unit 2
 ==========================  =========  =============  ==================  ===========
 """
-from .blocks import (Stage, classifier, cifar_stem, data_input, imagenet_stem, parse_shape,
-                     residual_unit, shared_variable)
-from ._registry import choose
+from .blocks import Stage, build_network, parse_shape
+from ._registry import ChoiceError, choose
 
 _W = (64, 128, 256, 512)
+
+
+def _bottleneck(units, share_from=1):
+    return tuple(Stage(u, w, 4 * w, 1, 0, share_from) for u, w in zip(units, _W))
+
+
+#: (num_layers, family) -> the network: post-activation on ImageNet, pre-activation on CIFAR
 PRESETS = {
-    (34, 'imagenet'): dict(basic=True, share_from=0, stages=[Stage(u, w, w, 1) for u, w in zip((3, 4, 6, 3), _W)]),
-    (50, 'imagenet'): dict(units=(3, 4, 6, 3)),
-    (101, 'imagenet'): dict(units=(3, 4, 23, 3)),
-    (152, 'imagenet'): dict(units=(3, 8, 36, 3)),
+    (34, 'imagenet'): dict(basic=True, preact=False,
+                           stages=tuple(Stage(u, w, w, 1, 0, 0) for u, w in zip((3, 4, 6, 3), _W))),
+    (50, 'imagenet'): dict(preact=False, stages=_bottleneck((3, 4, 6, 3))),
+    (101, 'imagenet'): dict(preact=False, stages=_bottleneck((3, 4, 23, 3))),
+    (152, 'imagenet'): dict(preact=False, stages=_bottleneck((3, 8, 36, 3))),
     (164, 'cifar'): dict(preact=True, stem='cifar',
-                         stages=[Stage(18, w, 4 * w, 1) for w in (16, 32, 64)]),
+                         stages=tuple(Stage(18, w, 4 * w, 1, 0, 1) for w in (16, 32, 64))),
 }
-for _p in PRESETS.values():
-    _p.setdefault('stages', [Stage(u, w, 4 * w, 1) for u, w in zip(_p.get('units', ()), _W)])
 WRN_DEPTHS = (16, 22, 28, 40)
-PRESETS.update({(d, 'wrn'): dict(basic=True, preact=True, stem='cifar', stages=None) for d in WRN_DEPTHS})
 
 
-def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', widen_factor=None,
-               shared=True, dtype='float32', **kwargs):
+def wrn_stages(num_layers, widen_factor):
+    """Wide ResNet WRN-d-k: three stages of (d - 4) / 6 basic blocks, widths 16k, 32k, 64k, the
+    second 3x3 shared from the second unit of each stage."""
+    if num_layers not in WRN_DEPTHS:
+        raise ChoiceError('sharesnet(widen_factor): unknown num_layers %r; valid choices: %s'
+                          % (num_layers, ', '.join(map(str, WRN_DEPTHS))))
+    if int(widen_factor) < 1:
+        raise ChoiceError('sharesnet: widen_factor must be a positive integer, not %r' % (widen_factor,))
+    k = int(widen_factor)
+    return tuple(Stage((num_layers - 4) // 6, w * k, w * k, 1, 0, 1) for w in (16, 32, 64))
+
+
+def _unshared(stages):
+    return tuple(st._replace(share3x3_from=None) for st in stages)
+
+
+def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', widen_factor=None, shared=True,
+               dtype='float32', grouped_conv='plain', pooling='avg', output='softmax'):
     """ShaResNet-34/50/101/152 (ImageNet), ShaResNet-164 (CIFAR), or with ``widen_factor`` a
     shared wide ResNet WRN-``num_layers``-``widen_factor``. ``shared=False`` is the same network
-    without sharing (the original ResNet / WRN)."""
-    parse_shape(image_shape)
-    family = 'wrn' if widen_factor else None
-    presets = {k: v for k, v in PRESETS.items() if (k[1] == 'wrn') == bool(widen_factor)}
-    _, preset = choose('sharesnet' + ('(widen_factor)' if widen_factor else ''), presets, num_layers, family)
-    stages = preset['stages']
-    if family == 'wrn':
-        k = int(widen_factor)
-        stages = [Stage((int(num_layers) - 4) // 6, w * k, w * k, 1) for w in (16, 32, 64)]
-    preact, basic = preset.get('preact', False), preset.get('basic', False)
-    share_from = preset.get('share_from', 1)
+    without sharing (the original ResNet / WRN).
 
-    data = data_input(dtype)
-    body = imagenet_stem(data, preact=False) if preset.get('stem') != 'cifar' else cifar_stem(data)
-    cache, in_width = {}, 16 if preset.get('stem') == 'cifar' else 64
-    for s, st in enumerate(stages):
-        stage = 2 + s
-        for i in range(st.units):
-            stride = 2 if (i == 0 and s > 0) else 1
-            proj = i == 0 and (stride > 1 or in_width != st.out)
-            tied = shared and i >= share_from
-            w3 = shared_variable(cache, 'conv%d_x__x_3x3_shared_weight' % stage) if tied else None
-            body = residual_unit(body, 'conv%d_x__%d' % (stage, i + 1), st.width, st.out, st.groups,
-                                 stride, proj, preact=preact, basic=basic, weight3=w3)
-            in_width = st.out
-    return classifier(body, num_classes, preact=preact, dtype=dtype)
+    ``dtype``, ``grouped_conv``, ``pooling`` and ``output`` as for every network of the zoo
+    (``symbols.blocks.build_network``)."""
+    parse_shape(image_shape)
+    if widen_factor:
+        preset = dict(basic=True, preact=True, stem='cifar', stages=wrn_stages(num_layers, widen_factor))
+    else:
+        _, preset = choose('sharesnet', PRESETS, num_layers)
+    stages = preset['stages'] if shared else _unshared(preset['stages'])
+    return build_network(stages, num_classes, stem=preset.get('stem', 'imagenet'), preact=preset['preact'],
+                         basic=preset.get('basic', False), dtype=dtype, grouped_conv=grouped_conv,
+                         pooling=pooling, output=output)

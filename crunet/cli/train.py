@@ -26,6 +26,7 @@ import mxnet as mx  # noqa: E402  (ps-lite servers and schedulers stop inside th
 from . import ArgParser  # noqa: E402
 from ..data import iterators as data  # noqa: E402
 from ..errors import CLIError, cli_main  # noqa: E402
+from ..isa import GROUPED_CONV_FLAG_CHOICES, grouped_conv_for  # noqa: E402
 from ..log import setup_logging  # noqa: E402
 from ..train import fit  # noqa: E402
 
@@ -52,11 +53,12 @@ def build_parser():
     fit.add_fit_args(parser)
     parser.add_argument('--data-dir', type=str, default=os.path.join('runs', 'demo', 'data'),
                         help='demo only: where the bundled digits set is packed (once)')
-    parser.add_argument('--grouped-conv', choices=('blockdiag', 'plain'), default='blockdiag',
-                        help='how grouped 3x3 convolutions with fewer than 8 channels per group are '
-                             'computed in training: blockdiag (merged groups with a block-diagonal '
-                             'weight, oneDNN\'s direct kernel; same parameters, outputs and gradients) '
-                             'or plain; the checkpoint always stores the plain graph')
+    parser.add_argument('--grouped-conv', choices=GROUPED_CONV_FLAG_CHOICES, default='auto',
+                        help='how grouped 3x3 convolutions are computed in training: auto (this machine\'s '
+                             'choice: blockdiag16 on AVX-512 CPUs, blockdiag8 on other CPUs, plain on GPUs), '
+                             'plain, or blockdiag8/blockdiag16 (neighbouring groups merged to a multiple of 8/16 '
+                             'channels with a block-diagonal weight: oneDNN\'s blocked kernels; same parameters, '
+                             'outputs and gradients); the checkpoint always stores the plain graph')
     return parser
 
 
@@ -86,18 +88,13 @@ def _networks():
 
 def build_symbol(args, grouped_conv='plain'):
     """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape/--dtype``,
-    grouped convolutions computed as ``grouped_conv`` says (symbols.blocks.grouped_conv_impl)."""
+    grouped convolutions computed as ``grouped_conv`` says (``symbols.blocks.GROUPED_CONV_CHOICES``)."""
     import symbols
-    from symbols.blocks import grouped_conv_impl
-    kw = {}
-    if args.setting:
-        kw['setting'] = args.setting
-    if args.dtype != 'float32':
-        kw['dtype'] = args.dtype
+    given = {'setting': args.setting} if args.setting is not None else {}
     try:
-        with grouped_conv_impl(grouped_conv):
-            return symbols.get_symbol(args.network, num_classes=args.num_classes,
-                                      num_layers=args.num_layers, image_shape=args.image_shape, **kw)
+        return symbols.get_symbol(args.network, num_classes=args.num_classes, num_layers=args.num_layers,
+                                  image_shape=args.image_shape, dtype=args.dtype, grouped_conv=grouped_conv,
+                                  **given)
     except symbols.ChoiceError as exc:
         raise CLIError('--network/--num-layers/--setting: %s' % exc)
     except ValueError as exc:
@@ -129,7 +126,9 @@ def main(argv=None):
             path = getattr(args, flag)
             if path and not os.path.isfile(path):
                 raise CLIError('--%s %s: no such file' % (flag.replace('_', '-'), path))
-    train_sym = build_symbol(args, args.grouped_conv) if args.grouped_conv != 'plain' else sym
+    grouped_conv = grouped_conv_for(args.grouped_conv, gpus=bool(args.gpus))
+    logging.info('grouped convolutions in training: %s (--grouped-conv %s)', grouped_conv, args.grouped_conv)
+    train_sym = build_symbol(args, grouped_conv) if grouped_conv != 'plain' else sym
     result = fit.fit(args, train_sym, data.get_rec_iter, save_network=sym)
     return result
 
