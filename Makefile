@@ -1,7 +1,12 @@
 # make            create .venv and install the project (CPU MXNet) with pinned versions
 # make test       run the test suite (what CI runs)
 # make demo       train a small CRU-Net on the bundled digits set, then score it
-# make install MXNET=gpu   the same for a CUDA 11.2 cluster (mxnet-cu112 instead of mxnet)
+# make install MXNET=cu117 the same with MXNet's CUDA 11.7 build and the CUDA 11 libraries from pip
+#                          (nvidia-*-cu11); MXNET=gpu is the same, MXNET=cu112 the CUDA 11.2 build.
+#                          GPUs of compute capability 5.0 to 8.9 (Maxwell to Ada), not Hopper: README, "GPUs"
+# make test-gpu   the tests marked gpu (they skip where no usable GPU is present)
+# make gpu-install-check   install mxnet-cu117 and the nvidia-*-cu11 packages in a scratch venv
+#                          ($(GPU_VENV)), load the libraries as the commands do and ldd libmxnet.so
 # make bench      training/scoring throughput against the peers (installs the bench extra)
 # make imagenet IMAGENET=/data/ILSVRC2012, make places365 PLACES365=/data/places365: pack RecordIO
 PYTHON ?= python3.11
@@ -9,20 +14,29 @@ VENV   ?= .venv
 MXNET  ?= cpu
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
-STAMP  := $(VENV)/.installed-$(MXNET)
+BUILD  := $(if $(filter gpu,$(MXNET)),cu117,$(MXNET))
+STAMP  := $(VENV)/.installed-$(BUILD)
+# the MXNet builds (exactly one is installed) and the pip packages of the CUDA 11 libraries the
+# CUDA builds link (versions pinned in constraints.txt)
+MXNET_DISTS := mxnet mxnet-cu112 mxnet-cu117
+MXNET_DIST   = $(if $(filter cpu,$(BUILD)),mxnet,mxnet-$(BUILD))
+NVIDIA_CU11 := nvidia-cuda-runtime-cu11 nvidia-cublas-cu11 nvidia-cudnn-cu11 nvidia-nccl-cu11 \
+               nvidia-cufft-cu11 nvidia-curand-cu11 nvidia-cusolver-cu11 nvidia-cusparse-cu11 \
+               nvidia-cuda-nvrtc-cu11 nvidia-nvtx-cu11
+GPU_VENV ?= /tmp/cu117-venv
 # onnxruntime 1.15.0 declares numpy>=1.24.2 yet runs on the numpy 1.23.5 that mxnet needs
 ORT    := onnxruntime coloredlogs humanfriendly flatbuffers sympy mpmath
 
-.PHONY: all install test demo bench graphviz clean imagenet places365
+.PHONY: all install test test-gpu gpu-install-check demo bench graphviz clean imagenet places365
 all: install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): setup.py constraints.txt | $(PY)
-	@if [ "$(MXNET)" != cpu ] && [ "$(MXNET)" != gpu ]; then echo "MXNET must be cpu or gpu, not '$(MXNET)'" >&2; exit 2; fi
-	@if [ "$(MXNET)" = gpu ]; then $(PIP) uninstall -q -y mxnet; else $(PIP) uninstall -q -y mxnet-cu112; fi
-	$(PIP) install -q -c constraints.txt -e ".[$(MXNET),test]"
+	@case "$(BUILD)" in cpu|cu112|cu117) ;; *) echo "MXNET must be cpu, cu112, cu117 or gpu (= cu117), not '$(MXNET)'" >&2; exit 2;; esac
+	-$(PIP) uninstall -q -y $(filter-out $(MXNET_DIST),$(MXNET_DISTS)) 2>/dev/null
+	$(PIP) install -q -c constraints.txt -e ".[$(BUILD),test]"
 	$(PIP) install -q --no-deps -c constraints.txt $(ORT)
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -37,6 +51,16 @@ graphviz:
 
 test: install graphviz
 	$(PY) -m pytest -q tests
+
+# exit status 5 (no test collected) fails like any other: the gpu tests are collected and skip
+# themselves where no usable GPU is present
+test-gpu: install
+	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+
+gpu-install-check:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints.txt mxnet-cu117 $(NVIDIA_CU11)
+	cd $(GPU_VENV) && env -u LD_LIBRARY_PATH PYTHONPATH=$(CURDIR) $(GPU_VENV)/bin/python -m crunet.gpu install-check
 
 demo: install
 	$(PY) train_imagenet.py

@@ -7,6 +7,14 @@ documented import) and ``crunet`` (training, scoring, data, launcher), with the 
 """
 from setuptools import setup
 
+# the CUDA 11 libraries libmxnet.so of mxnet-cu112/mxnet-cu117 links (crunet/gpu.py loads them)
+CUDA11_LIBRARIES = [
+    'nvidia-cuda-runtime-cu11>=11.2,<12', 'nvidia-cublas-cu11>=11.4,<12', 'nvidia-cudnn-cu11>=8.1,<9',
+    'nvidia-nccl-cu11>=2.8,<3', 'nvidia-cufft-cu11>=10.4,<11', 'nvidia-curand-cu11>=10.2,<11',
+    'nvidia-cusolver-cu11>=11.1,<12', 'nvidia-cusparse-cu11>=11.4,<12', 'nvidia-cuda-nvrtc-cu11>=11.2,<12',
+    'nvidia-nvtx-cu11>=11.2,<12',
+]
+
 setup(
     name='crunet-mxnet',
     version='0.2.0',
@@ -33,9 +41,12 @@ setup(
         'requests',
     ],
     extras_require={
-        # exactly one MXNet build: `pip install -e .[cpu]` or `pip install -e .[gpu]`
+        # exactly one MXNet build: `pip install -e .[cpu]`, `.[cu117]` (= `.[gpu]`) or `.[cu112]`;
+        # the CUDA wheels ship no CUDA library: the nvidia-*-cu11 packages provide them (cuDNN 8)
         'cpu': ['mxnet==1.9.1'],
-        'gpu': ['mxnet-cu112==1.9.1'],
+        'cu112': ['mxnet-cu112==1.9.1'] + CUDA11_LIBRARIES,
+        'cu117': ['mxnet-cu117==1.9.1'] + CUDA11_LIBRARIES,
+        'gpu': ['mxnet-cu117==1.9.1'] + CUDA11_LIBRARIES,
         # MXNet 1.9.1's ONNX exporter imports onnx.mapping (gone in onnx 1.19) and needs protobuf 3
         'onnx': ['onnx>=1.10,<1.15', 'protobuf>=3.20,<4'],
         'test': ['pytest'],

@@ -95,14 +95,8 @@ def measure_decode(blobs, nthreads):
 
 def _args(rec, nthreads, batch_size, image_shape, **over):
     from crunet.data import iterators as cd
-    p = argparse.ArgumentParser()
-    cd.add_data_args(p)
-    cd.add_data_aug_args(p)
-    a = p.parse_args(['--data-train', rec, '--data-nthreads', str(nthreads), '--image-shape', image_shape])
-    a.batch_size, a.seed = batch_size, 0
-    for k, v in over.items():
-        setattr(a, k, v)
-    return a
+    return cd.data_args(data_train=rec, data_nthreads=nthreads, image_shape=image_shape, batch_size=batch_size,
+                        seed=0, **over)
 
 
 def _time_iter(make, num_batches):

@@ -4,6 +4,9 @@
     python -m bench.profile_ops --network resnext --num-layers 50 --grouped-conv plain --top 40
     python -m bench.profile_ops --method ops --mode score --json ops.json
 
+``--grouped-conv`` (default ``auto``: this machine's choice, ``crunet.isa``) is the formulation of
+the grouped convolutions; every report names the machine (CPU model, cores, oneDNN's ISA).
+
 The pip MXNet 1.9.1 has its profiler compiled out (``mx.runtime.Features()``: PROFILER off), so:
 
 * ``--method dnnl`` (default) re-runs the model in a subprocess with ``DNNL_VERBOSE=1``: oneDNN
@@ -30,7 +33,7 @@ import time
 
 if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from crunet import perf  # noqa: E402
+from crunet import isa, perf  # noqa: E402
 
 __all__ = ['dnnl_shape_key', 'conv_layers', 'parse_verbose', 'profile_dnnl', 'profile_ops', 'main']
 
@@ -39,10 +42,10 @@ MARK = 'PROFILE_OPS_MARK'
 
 # ============================================================================ the model
 def build(args):
-    from symbols import blocks, get_symbol
+    from symbols import get_symbol
     image_shape = '3,%d,%d' % (args.image_size, args.image_size)
-    with blocks.grouped_conv_impl(args.grouped_conv):
-        return get_symbol(args.network, num_layers=args.num_layers, image_shape=image_shape)
+    return get_symbol(args.network, num_layers=args.num_layers, image_shape=image_shape,
+                      grouped_conv=args.grouped_conv)
 
 
 def dnnl_shape_key(n, cin, h, w, cout, oh, ow, kernel, stride, pad, groups):
@@ -157,6 +160,13 @@ def parse_verbose(lines):
     return steps, records
 
 
+def layout(formats):
+    """The first tensor's layout in a verbose line's memory descriptors: ``'src_f32::blocked:aBcd16b:f0
+    ...'`` -> ``'aBcd16b'`` (nChw16c), ``'data_f32::blocked:abcd:f0'`` -> ``'abcd'`` (nchw)."""
+    m = re.search(r'::\w+:(\w+):', formats)
+    return m.group(1) if m else '?'
+
+
 def categorize(prim, problem, kinds_by_key):
     if prim == 'convolution':
         names = kinds_by_key.get(problem)
@@ -195,20 +205,21 @@ def profile_dnnl(args):
     n = float(len(steps))
     step_ms = 1e3 * sum(steps) / n
     cat, prim, shape, count = (collections.Counter() for _ in range(4))
-    for p, impl, prop, _fmt, problem, ms in records:
+    for p, impl, prop, fmt, problem, ms in records:
         c = categorize(p, problem, kind_of_key)
         cat[c] += ms / n
         prim[(p, impl, prop)] += ms / n
-        shape[(c, impl, prop, problem)] += ms / n
-        count[(c, impl, prop, problem)] += 1
+        shape[(c, impl, prop, problem, layout(fmt))] += ms / n
+        count[(c, impl, prop, problem, layout(fmt))] += 1
     dnnl_ms = sum(cat.values())
     return dict(
         network=args.network, num_layers=args.num_layers, mode=args.mode, batch_size=args.batch_size,
         image_size=args.image_size, grouped_conv=args.grouped_conv, steps_s=steps, step_ms=step_ms,
         dnnl_ms=dnnl_ms, outside_dnnl_ms=step_ms - dnnl_ms, environment=perf.describe(),
+        machine=args.machine, machine_name=isa.describe(args.machine),
         categories=[dict(category=k, ms=v, share=v / step_ms) for k, v in cat.most_common()],
         primitives=[dict(primitive=k[0], impl=k[1], prop=k[2], ms=v) for k, v in prim.most_common()],
-        shapes=[dict(category=k[0], impl=k[1], prop=k[2], problem=k[3], ms=v, calls=count[k] / n,
+        shapes=[dict(category=k[0], impl=k[1], prop=k[2], problem=k[3], layout=k[4], ms=v, calls=count[k] / n,
                      layers=by_key.get(k[3], [])) for k, v in shape.most_common()])
 
 
@@ -217,17 +228,19 @@ def format_dnnl(rep, top):
            'oneDNN %.0f ms, outside oneDNN %.0f ms'
            % (rep['network'], rep['num_layers'], rep['mode'], rep['batch_size'], rep['image_size'],
               rep['image_size'], rep['grouped_conv'], rep['step_ms'], len(rep['steps_s']), rep['dnnl_ms'],
-              rep['outside_dnnl_ms']), '', '| category | ms/step | share of step |', '|---|---|---|']
+              rep['outside_dnnl_ms']), 'machine: %s' % rep['machine_name'], '',
+           '| category | ms/step | share of step |', '|---|---|---|']
     for c in rep['categories']:
         out.append('| %s | %.1f | %.1f%% |' % (c['category'], c['ms'], 100 * c['share']))
     out.append('| outside oneDNN (MXNet kernels, update, engine) | %.1f | %.1f%% |'
                % (rep['outside_dnnl_ms'], 100 * rep['outside_dnnl_ms'] / rep['step_ms']))
-    out += ['', '| ms/step | calls | category | implementation | direction | problem | layers |', '|---|---|---|---|---|---|---|']
+    out += ['', '| ms/step | calls | category | implementation | direction | problem | layout | layers |',
+            '|---|---|---|---|---|---|---|---|']
     for s in rep['shapes'][:top]:
         layers = s['layers']
         names = ', '.join(layers[:3]) + (' +%d' % (len(layers) - 3) if len(layers) > 3 else '')
-        out.append('| %.1f | %g | %s | %s | %s | %s | %s |' % (s['ms'], s['calls'], s['category'], s['impl'],
-                                                              s['prop'], s['problem'], names))
+        out.append('| %.1f | %g | %s | %s | %s | %s | %s | %s |' % (
+            s['ms'], s['calls'], s['category'], s['impl'], s['prop'], s['problem'], s.get('layout', '?'), names))
     return '\n'.join(out)
 
 
@@ -315,14 +328,15 @@ def profile_ops(args):
     return dict(network=args.network, num_layers=args.num_layers, mode=args.mode, batch_size=args.batch_size,
                 image_size=args.image_size, grouped_conv=args.grouped_conv, total_ms=total,
                 by_op=[dict(op=k, ms=v, share=v / total) for k, v in by_op.most_common()],
-                nodes=sorted(rows, key=lambda r: -r['ms']), environment=perf.describe())
+                nodes=sorted(rows, key=lambda r: -r['ms']), environment=perf.describe(),
+                machine=args.machine, machine_name=isa.describe(args.machine))
 
 
 def format_ops(rep, top):
-    out = ['%s-%d, every operator alone (%s: forward%s), batch %d, %dx%d: sum %.0f ms'
+    out = ['%s-%d, every operator alone (%s: forward%s), batch %d, %dx%d, grouped conv %s: sum %.0f ms'
            % (rep['network'], rep['num_layers'], rep['mode'], ' + backward' if rep['mode'] == 'train' else '',
-              rep['batch_size'], rep['image_size'], rep['image_size'], rep['total_ms']),
-           '', '| operator | ms | share |', '|---|---|---|']
+              rep['batch_size'], rep['image_size'], rep['image_size'], rep['grouped_conv'], rep['total_ms']),
+           'machine: %s' % rep['machine_name'], '', '| operator | ms | share |', '|---|---|---|']
     out += ['| %s | %.1f | %.1f%% |' % (r['op'], r['ms'], 100 * r['share']) for r in rep['by_op']]
     out += ['', '| ms | layer | operator | input shapes | attributes |', '|---|---|---|---|---|']
     for r in rep['nodes'][:top]:
@@ -342,7 +356,9 @@ def parse_args(argv=None):
     p.add_argument('--image-size', type=int, default=224)
     p.add_argument('--mode', default='train', choices=['train', 'score'])
     p.add_argument('--method', default='dnnl', choices=['dnnl', 'ops'])
-    p.add_argument('--grouped-conv', default='blockdiag', choices=['blockdiag', 'plain'])
+    p.add_argument('--grouped-conv', default='auto', choices=isa.GROUPED_CONV_FLAG_CHOICES,
+                   help="formulation of the grouped convolutions (symbols.blocks.GROUPED_CONV_CHOICES); "
+                        "auto: this machine's choice (crunet.isa), autotune: its measured fastest")
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--iters', type=int, default=2)
     p.add_argument('--top', type=int, default=25, help='rows of the per-shape / per-layer table')
@@ -357,6 +373,8 @@ def main(argv=None):
     if args.child:
         _child(args)
         return 0
+    args.machine = isa.detect()
+    args.grouped_conv = isa.grouped_conv_for(args.grouped_conv)
     if args.method == 'dnnl':
         rep = profile_dnnl(args)
         print(format_dnnl(rep, args.top))

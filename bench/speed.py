@@ -35,9 +35,12 @@ process after scoring and after training (CPU; on a GPU the device memory in use
 of train and score images/s to each peer. Environment settings come from ``crunet.perf`` and are
 the same for every model except ``@stock`` ones (they are printed and written to the JSON).
 
-This project's models are built with the fast grouped convolution (``--grouped-conv``,
-``symbols.blocks.GROUPED_CONV``; same parameters, outputs and gradients as the plain graph,
-see ``bench/FINDINGS.md``).
+This project's models are built with the grouped-convolution formulation ``--grouped-conv``
+(default ``auto``: the one ``crunet.isa`` chooses for this machine's oneDNN ISA, as ``crunet-train``
+does; ``plain``, ``blockdiag8``, ``blockdiag16``; same parameters, outputs and gradients as the
+plain graph, see ``bench/FINDINGS.md``).
+
+Every table and JSON names the machine: CPU model, cores and the ISA oneDNN runs (``crunet.isa``).
 """
 import argparse
 import collections
@@ -52,7 +55,9 @@ import time
 # The settings must be in the environment before MXNet is imported (here, and in every child).
 if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from crunet import perf  # noqa: E402  (does not import mxnet)
+from crunet import isa, perf  # noqa: E402  (neither imports mxnet)
+from crunet.devices import parse_gpus  # noqa: E402  (does not import mxnet)
+from crunet.errors import CLIError, die  # noqa: E402
 
 __all__ = ['MODELS', 'PEERS', 'measure', 'run', 'format_table', 'main']
 
@@ -147,11 +152,10 @@ def _macs(sym, image_size):
 
 
 def _zoo_runners(mx, spec, args, ctx, data, label):
-    from symbols import blocks, get_symbol
+    from symbols import get_symbol
     image_shape = '3,%d,%d' % (args.image_size, args.image_size)
     plain = get_symbol(spec.name, image_shape=image_shape, **spec.kwargs)
-    with blocks.grouped_conv_impl(args.grouped_conv):
-        sym = get_symbol(spec.name, image_shape=image_shape, **spec.kwargs)
+    sym = get_symbol(spec.name, image_shape=image_shape, grouped_conv=args.grouped_conv, **spec.kwargs)
     assert sym.list_arguments() == plain.list_arguments()
     shapes = dict(data_shapes=[('data', data.shape)], label_shapes=[('softmax_label', label.shape)])
     init = mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2)
@@ -340,19 +344,25 @@ def _fmt(v, spec='%.2f'):
     return '-' if v is None else spec % v
 
 
-def format_table(rows, peers):
-    """Markdown table of :func:`summarize`'s rows."""
-    head = ['model', 'G MACs', 'train img/s', 'score img/s', 'train GMAC/s', 'score GMAC/s']
+def format_table(rows, peers, machine=None):
+    """Markdown table of :func:`summarize`'s rows; ``machine`` (:func:`machine_fields`) adds a first
+    line naming the machine, and a CPU/ISA column, so a pasted table says where it was measured."""
+    head = ['model', 'machine'] if machine else ['model']
+    head += ['G MACs', 'train img/s', 'score img/s', 'train GMAC/s', 'score GMAC/s']
     head += ['train x %s' % PEER_SHORT.get(p, p) for p in peers]
     head += ['score x %s' % PEER_SHORT.get(p, p) for p in peers]
     head += ['peak RSS train MB', 'peak RSS score MB', 'others\' CPU']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    if machine:
+        lines.insert(0, 'Machine: %s; %s; this project\'s grouped convolutions: %s\n'
+                     % (machine['name'], machine['device'], machine['grouped_conv']))
+    where = ['%s, %d cores, %s' % (machine['cpu'], machine['cores'], machine['isa'])] if machine else []
     for key, row in rows.items():
         if 'error' in row:
             lines.append('| %s | failed: %s |' % (key, (row['error'] or ['?'])[0].splitlines()[-1][:80]
                                                   if row['error'] and row['error'][0] else 'failed'))
             continue
-        cells = [key, _fmt(row['macs'] and row['macs'] / 1e9), _fmt(row.get('train_ips')),
+        cells = [key] + where + [_fmt(row['macs'] and row['macs'] / 1e9), _fmt(row.get('train_ips')),
                  _fmt(row.get('score_ips')), _fmt(row.get('train_gmacs'), '%.1f'), _fmt(row.get('score_gmacs'), '%.1f')]
         cells += [_fmt(row.get('train_x_%s' % p), '%.2fx') for p in peers]
         cells += [_fmt(row.get('score_x_%s' % p), '%.2fx') for p in peers]
@@ -362,8 +372,21 @@ def format_table(rows, peers):
     return '\n'.join(lines)
 
 
+def resolve_machine(args):
+    """Name the machine (``args.machine``: :func:`crunet.isa.detect`) and turn ``--grouped-conv
+    auto|autotune`` into the formulation chosen for it (the flag's value kept in
+    ``args.grouped_conv_flag``). Idempotent."""
+    if getattr(args, 'machine', None) is None:
+        args.machine = isa.detect()
+    if getattr(args, 'grouped_conv_flag', None) is None:
+        args.grouped_conv_flag = args.grouped_conv
+        args.grouped_conv = isa.grouped_conv_for(args.grouped_conv, gpus=bool(args.gpus))
+    return args
+
+
 def run(args, log=print):
     """Run every model ``args.repeat`` times (interleaved) in subprocesses; returns the report dict."""
+    resolve_machine(args)
     models = list(args.models)
     peers = [p for p in PEERS if p in models]
     rounds = []
@@ -391,28 +414,30 @@ def run(args, log=print):
         rounds.append(results)
     rows = summarize(rounds, models, peers, args.max_others)
     import mxnet as mx
+    machine = args.machine
     report = dict(
         command=' '.join(['python -m bench.speed'] + sys.argv[1:]),
+        machine=machine_fields(machine, args),
         settings=dict(batch_size=args.batch_size, image_size=args.image_size, gpus=args.gpus, stat=args.stat,
                       max_others=args.max_others, retries=args.retries,
-                      warmup=args.warmup, iters=args.iters, repeat=args.repeat, grouped_conv=args.grouped_conv),
+                      warmup=args.warmup, iters=args.iters, repeat=args.repeat,
+                      grouped_conv=args.grouped_conv, grouped_conv_flag=args.grouped_conv_flag),
         environment=dict(perf.describe(), mxnet=mx.__version__, python=platform.python_version(),
-                         machine=platform.machine(), cpu=_cpu_name(), cores=os.cpu_count(),
-                         load_end=os.getloadavg()),
-        seconds=time.time() - t0, peers=peers, rows=list(rows.values()), rounds=rounds,
-        table=format_table(rows, peers))
+                         machine=platform.machine(), cpu=machine['cpu'], cores=machine['cores'],
+                         logical_cpus=os.cpu_count(), isa=machine['isa'], isa_text=machine.get('isa_text'),
+                         onednn=machine.get('onednn'), load_end=os.getloadavg()),
+        seconds=time.time() - t0, peers=peers, rows=list(rows.values()), rounds=rounds)
+    report['table'] = format_table(rows, peers, report['machine'])
     return report
 
 
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor()
+def machine_fields(machine, args):
+    """What names the machine in every table and JSON: CPU model, cores, oneDNN's ISA (and how it
+    was read), and the grouped-convolution formulation this project's models ran with."""
+    return dict(cpu=machine['cpu'], cores=machine['cores'], isa=machine['isa'], isa_text=machine.get('isa_text'),
+                isa_source=machine.get('source'), onednn=machine.get('onednn'),
+                name=isa.describe(machine), grouped_conv=args.grouped_conv,
+                device='GPU %s' % args.gpus[0] if args.gpus else 'CPU')
 
 
 def parse_args(argv=None):
@@ -435,8 +460,10 @@ def parse_args(argv=None):
                         'the median over rounds (default 3: ~10 minutes for the default list on 2 idle '
                         'cores; one process of a model can run ~10%% faster or slower than the next, so '
                         'one round is a quick look, not a reproducible ratio)')
-    p.add_argument('--grouped-conv', default='blockdiag', choices=['blockdiag', 'plain'],
-                   help="this project's grouped-convolution formulation (symbols.blocks.GROUPED_CONV)")
+    p.add_argument('--grouped-conv', default='auto', choices=isa.GROUPED_CONV_FLAG_CHOICES,
+                   help="this project's grouped-convolution formulation (symbols.blocks.GROUPED_CONV_CHOICES); "
+                        "auto (default): this machine's choice from oneDNN's ISA (crunet.isa), as crunet-train "
+                        "makes it; autotune: this machine's measured fastest")
     p.add_argument('--max-others', type=float, default=0.15,
                    help='a measurement during which other processes took more than this share of the CPU '
                         'is repeated (--retries times, the cleanest kept) and left out of the medians when '
@@ -451,7 +478,10 @@ def parse_args(argv=None):
            or ('@' in m and not m.endswith(STOCK))]
     if bad:
         p.error('unknown model(s) %s; choose from %s (optionally with %s)' % (', '.join(bad), ', '.join(MODELS), STOCK))
-    args.gpus = [int(g) for g in str(args.gpus).split(',') if g.strip() != '']
+    try:   # CUDA build, its libraries, the driver and the GPUs' architecture: one line if not
+        args.gpus = parse_gpus(str(args.gpus))
+    except CLIError as exc:
+        die(exc)
     if args.batch_size < 1 or args.image_size < 32 or args.iters < 1 or args.warmup < 0 or args.repeat < 1:
         p.error('need --batch-size >= 1, --image-size >= 32, --iters >= 1, --warmup >= 0, --repeat >= 1')
     return args
@@ -465,11 +495,15 @@ def main(argv=None):
         sys.stdout.write(RESULT_TAG + json.dumps(res) + '\n')
         return 0
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    resolve_machine(args)
+    log('machine: %s' % isa.describe(args.machine))
+    log('grouped convolutions of this project\'s models: %s (--grouped-conv %s)'
+        % (args.grouped_conv, args.grouped_conv_flag))
     log('settings: %s' % ' '.join('%s=%s' % kv for kv in sorted(perf.describe().items())))
     report = run(args, log)
     print('\n%s, batch %d, %dx%d, %s; %s of %d timed iterations after %d warm-up, %d round(s)\n'
-          % (report['environment']['cpu'], args.batch_size, args.image_size, args.image_size,
-             'GPU %s' % args.gpus[0] if args.gpus else 'CPU (%d cores)' % os.cpu_count(),
+          % (report['machine']['name'], args.batch_size, args.image_size, args.image_size,
+             'GPU %s' % args.gpus[0] if args.gpus else 'CPU',
              'fastest' if args.stat == 'best' else 'median', args.iters, args.warmup, args.repeat))
     print(report['table'])
     print('\nGMAC/s: multiply-adds per image x images/s (train: x3, forward + backward). '

@@ -40,17 +40,28 @@ def parse_devices(spec, flag='--gpus'):
 
 
 def parse_gpus(spec, available=None):
-    """GPU ids of ``--gpus``, checked against the GPUs this build sees (``available``; asked from
-    MXNet when None). Raises :class:`CLIError` with a one-line message."""
+    """GPU ids of ``--gpus``, checked before anything is built: the MXNet build must be a CUDA
+    one, its CUDA libraries and the NVIDIA driver present, the GPUs must exist, and the build must
+    carry code for each GPU's compute capability (:func:`crunet.gpu.check_gpus`; the MXNet CUDA
+    11 wheels stop at 8.x: no Hopper). ``available`` (a GPU count) replaces the build and driver
+    checks with a plain range check. Raises :class:`CLIError` with a one-line message."""
     ids = parse_devices(spec, '--gpus')
     if not ids:
         return ids
     if available is None:
-        available = num_gpus()
+        from . import gpu
+        build = gpu.mxnet_build()
+        if not build.cuda:
+            raise CLIError('--gpus %s: this MXNet build sees no GPU (%s %s is the CPU build: its '
+                           'libmxnet.so holds no CUDA code); leave --gpus empty to run on the CPU, or '
+                           'install a CUDA build (make install MXNET=cu117, or pip install -e .[cu117])'
+                           % (spec, build.distribution, build.version))
+        gpu.preload_cuda_libraries(build.library)   # a missing library or driver: one line
+        gpu.check_gpus(ids, spec, build)
+        return ids
     if available == 0:
-        raise CLIError('--gpus %s: this MXNet build sees no GPU (mx.context.num_gpus() == 0); '
-                       'leave --gpus empty to train on the CPU, or install mxnet-cu112 '
-                       '(make install MXNET=gpu)' % spec)
+        raise CLIError('--gpus %s: this MXNet build sees no GPU; leave --gpus empty to run on the CPU, '
+                       'or install a CUDA build (make install MXNET=cu117)' % spec)
     bad = [i for i in ids if i >= available]
     if bad:
         raise CLIError('--gpus %s: GPU %d does not exist (this machine has %d: 0..%d)'

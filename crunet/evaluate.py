@@ -20,6 +20,8 @@ import numpy as np
 from symbols.blocks import parse_shape
 from symbols.checkpoint import check_params, inference_symbol, mean_max_symbol
 
+from .errors import CLIError, error_line
+
 __all__ = ['deploy_symbol', 'Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches',
            'iter_predictions', 'TopK', 'evaluate', 'normalise', 'stderr_log', 'POOLINGS']
 
@@ -67,8 +69,8 @@ class Predictor(object):
 
 # ----------------------------------------------------------------------------- inputs
 def normalise(images, mean, std, scale):
-    """``(N, H, W, 3)`` uint8 RGB -> ``(N, 3, H, W)`` float32 ``(x - mean) / std * scale``, the
-    normalisation ImageRecordIter applies."""
+    """``(N, H, W, C)`` uint8 RGB (or grayscale, C 1) -> ``(N, C, H, W)`` float32
+    ``(x - mean) / std * scale``, the normalisation ImageRecordIter applies."""
     x = (np.asarray(images, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray((x * np.float32(scale)).transpose(0, 3, 1, 2))
 
@@ -86,9 +88,16 @@ def ten_crops(img, crop_h, crop_w):
     return np.stack(crops)
 
 
-def _decode(payload, resize, inter_method):
+def _decode(payload, resize, inter_method, channels=3, where='record'):
+    """``(image (H, W, C) uint8 RGB, label)`` of one record, decoded and resized by MXNet's own
+    decoder; a record that does not decode raises :class:`crunet.errors.CLIError` naming ``where``
+    (the resize never sees an empty image: MXNet's would divide by its size)."""
     header, img_bytes = mx.recordio.unpack(payload)
-    img = mx.image.imdecode(img_bytes, flag=1, to_rgb=1)
+    try:
+        img = mx.image.imdecode(img_bytes, flag=1 if channels == 3 else 0, to_rgb=1)
+        img.wait_to_read()
+    except mx.base.MXNetError as exc:
+        raise CLIError('%s: the image (%d bytes) does not decode (%s)' % (where, len(img_bytes), error_line(exc))) from None
     if resize:
         img = mx.image.resize_short(img, resize, interp=inter_method)
     label = header.label if np.isscalar(header.label) else header.label[0]
@@ -100,18 +109,25 @@ def ten_crop_batches(rec_path, image_shape, batch_size, resize=256, mean=(124, 1
     """Yield ``(data, labels)``: ``data`` ``(10 n, C, H, W)`` (the 10 crops of image i are rows
     ``10 i .. 10 i + 9``), ``labels`` ``(n,)``, ``n <= batch_size`` images per batch, read in
     file order from ``rec_path`` (decoded and resized like ImageRecordIter: shorter side to
-    ``resize`` with ``inter_method``)."""
+    ``resize`` with ``inter_method``; ``C`` 1: grayscale, normalised with the first mean/std). A
+    record that does not decode raises :class:`crunet.errors.CLIError` naming the file and record."""
     c, h, w = parse_shape(image_shape)
     if resize and resize < max(h, w):
         raise ValueError('--resize-val %d is smaller than the crop %dx%d' % (resize, h, w))
+    if c == 1:
+        mean, std = tuple(mean)[:1], tuple(std)[:1]
     reader = mx.recordio.MXRecordIO(rec_path, 'r')
     images, labels, count = [], [], 0
     try:
         while max_images is None or count < max_images:
+            offset = reader.tell()
             payload = reader.read()
             if payload is None:
                 break
-            img, label = _decode(payload, resize, inter_method)
+            where = '%s: record %d (offset %d)' % (rec_path, mx.recordio.unpack(payload)[0].id, offset)
+            img, label = _decode(payload, resize, inter_method, c, where)
+            if img.ndim == 2:
+                img = img[:, :, None]
             images.append(ten_crops(img, h, w))
             labels.append(label)
             count += 1

@@ -3,13 +3,23 @@
     python -m symbols summary [--json FILE]       table of every model: params, multiply-adds, MB
     python -m symbols export --network crunet --num-layers 56 --prefix out/crunet56 [--draw pdf]
                                                   PREFIX-symbol.json (+ a drawing with graphviz)
+
+Errors are one line ``error: ...``: exit status 2 for a bad flag or output path, 1 when graphviz
+fails; no file is left half-written.
 """
 import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 
+from crunet.cli import ArgParser
+from crunet.errors import CLIError, EXIT_INTERNAL, cli_main, die
+from crunet.files import atomic_save
+
+from .blocks import parse_shape
 from . import ChoiceError, count_macs, count_params, get_symbol, model_size_mb, zoo
 
 
@@ -56,26 +66,80 @@ def model_kwargs(args):
     return kw
 
 
+def output_folder(path, flag):
+    """Create the folder of output ``path`` (:class:`CLIError` naming ``flag`` when it cannot be:
+    a regular file on the way, no permission)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise CLIError('%s %s: %s is a file, not a folder' % (flag, path, probe))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise CLIError('%s %s: cannot create the folder %s (%s)' % (flag, path, folder, err.strerror or err))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError('%s %s: the folder %s is not writable' % (flag, path, folder))
+    return folder
+
+
+def _write(path, writer, flag):
+    try:
+        return atomic_save(path, writer)
+    except OSError as err:
+        raise CLIError('%s: cannot write %s (%s)' % (flag, path, err.strerror or err))
+
+
+def _need_dot(prefix, fmt):
+    if shutil.which('dot') is None:
+        raise CLIError("graphviz's 'dot' program was not found; install it with `make graphviz` "
+                       "or `apt-get install graphviz` to draw %s.%s" % (prefix, fmt))
+
+
+def draw(sym, prefix, fmt, image_shape):
+    """``PREFIX.FMT``: the graph drawn by graphviz, written atomically; returns its path."""
+    _need_dot(prefix, fmt)
+    import mxnet as mx
+    shape = (1,) + tuple(int(v) for v in image_shape.split(','))
+    graph = mx.viz.plot_network(sym, title=os.path.basename(prefix), shape={'data': shape},
+                                save_format=fmt, hide_weights=True)
+    out = '%s.%s' % (prefix, fmt)
+    output_folder(out, '--draw')
+    with tempfile.TemporaryDirectory(prefix='crunet-draw-') as tmp:     # dot's own files stay out of the way
+        source, rendered = os.path.join(tmp, 'graph.gv'), os.path.join(tmp, 'graph.' + fmt)
+        with open(source, 'w') as f:
+            f.write(graph.source)
+        try:
+            res = subprocess.run(['dot', '-T' + fmt, source, '-o', rendered], capture_output=True, text=True,
+                                 timeout=600)
+        except (OSError, subprocess.SubprocessError) as err:
+            res = subprocess.CompletedProcess([], -1, '', str(err))
+        if res.returncode != 0 or not os.path.isfile(rendered):
+            why = ' '.join(res.stderr.split())[:300] or 'exit status %d' % res.returncode
+            die("--draw %s: graphviz's dot failed: %s" % (fmt, why), EXIT_INTERNAL)
+        with open(rendered, 'rb') as f:
+            data = f.read()
+    return _write(out, data, '--draw')
+
+
 def export(args):
+    try:
+        parse_shape(args.image_shape)
+    except ValueError:
+        raise CLIError('--image-shape must be C,H,W with positive sizes, e.g. 3,224,224, not %r' % args.image_shape)
+    if args.draw:
+        _need_dot(args.prefix, args.draw)
+    output_folder(args.prefix, '--prefix')
     sym = get_symbol(args.network, **model_kwargs(args))
-    os.makedirs(os.path.dirname(os.path.abspath(args.prefix)), exist_ok=True)
-    path = '%s-symbol.json' % args.prefix
-    sym.save(path)
+    path = _write('%s-symbol.json' % args.prefix, sym.tojson(), '--prefix')
     print('wrote %s (%s parameters)' % (path, format(count_params(sym, args.image_shape), ',')))
     if args.draw:
-        if shutil.which('dot') is None:
-            sys.exit("error: graphviz's 'dot' program was not found; install it with `make graphviz` "
-                     "or `apt-get install graphviz` to draw %s.%s" % (args.prefix, args.draw))
-        import mxnet as mx
-        shape = (1,) + tuple(int(v) for v in args.image_shape.split(','))
-        graph = mx.viz.plot_network(sym, title=os.path.basename(args.prefix), shape={'data': shape},
-                                    save_format=args.draw, hide_weights=True)
-        out = graph.render(args.prefix, cleanup=True)
-        print('wrote %s' % out)
+        print('wrote %s' % draw(sym, args.prefix, args.draw, args.image_shape))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m symbols', description=__doc__,
+def _main(argv=None):
+    parser = ArgParser(prog='python -m symbols', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('summary', help='params, multiply-adds and size of every model')
@@ -85,18 +149,22 @@ def main(argv=None):
     p.add_argument('--prefix', required=True, help='output prefix: PREFIX-symbol.json')
     p.add_argument('--draw', choices=('pdf', 'png', 'svg'), help='also draw the graph with graphviz')
     args = parser.parse_args(argv)
-    try:
-        if args.command == 'summary':
-            rows = summary_rows()
-            print(format_table(rows))
-            if args.json:
-                with open(args.json, 'w') as f:
-                    json.dump(rows, f, indent=1)
-        else:
-            export(args)
-    except (ChoiceError, ValueError) as err:
-        sys.exit('error: %s' % err)
+    if args.command == 'summary':
+        if args.json:
+            output_folder(args.json, '--json')
+        rows = summary_rows()
+        print(format_table(rows))
+        if args.json:
+            _write(args.json, json.dumps(rows, indent=1), '--json')
+    else:
+        export(args)
+    return 0
+
+
+def main(argv=None):
+    """The command line; one-line errors with the exit codes of :mod:`crunet.errors`."""
+    return cli_main(_main, argv, user_errors=(ChoiceError, ValueError))
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -34,7 +34,7 @@ from .blocks import parse_shape
 __all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'check_graph', 'upgrade_json', 'load_symbol',
            'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
            'expected_shapes', 'num_classes_of', 'data_shape_of', 'head_op', 'logits_symbol', 'inference_symbol',
-           'mean_max_symbol', 'symbol_path', 'params_path']
+           'mean_max_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset']
 
 
 class CheckpointError(ValueError):
@@ -103,16 +103,15 @@ def _entry(item, where, limit, nodes):
     return node_id, index
 
 
-def _num_outputs(node):
+def _num_outputs(node, version):
     """How many outputs the operator node ``node`` has (visible or not, as its inputs and the
     graph heads count them): MXNet's own count for a one-node graph of it (``node_row_ptr``)."""
     k = len(node.get('inputs', ()))
     mini = {'nodes': [{'op': 'null', 'name': '__input%d__' % i, 'inputs': []} for i in range(k)]
             + [dict(node, inputs=[[i, 0, 0] for i in range(k)])],
             'arg_nodes': list(range(k)), 'heads': [[k, 0, 0]]}
-    for key in ('attrs', 'attr', 'param'):            # released files: let MXNet upgrade as for the graph
-        if key in node and key != 'attrs':
-            mini['attrs'] = {'mxnet_version': ['int', 903]}
+    if version is not None:                           # MXNet upgrades the node as it does the graph
+        mini['attrs'] = {'mxnet_version': version}
     try:
         saved = json.loads(mx.sym.load_json(json.dumps(mini)).tojson())
         return saved['node_row_ptr'][k + 1] - saved['node_row_ptr'][k]
@@ -167,7 +166,9 @@ def check_graph(graph, count_outputs=True):
         node = nodes[nid]
         if node['op'] != 'null' and (index == 0 or not count_outputs):
             continue
-        count = 1 if node['op'] == 'null' else _num_outputs(node)
+        attrs = graph.get('attrs')
+        version = attrs.get('mxnet_version') if isinstance(attrs, dict) else None
+        count = 1 if node['op'] == 'null' else _num_outputs(node, version)
         if index >= count:
             raise CheckpointError('output %d of node %d (%s, op %s) is used, but the node has %d output%s'
                                   % (index, nid, node['name'], node['op'], count, '' if count == 1 else 's'))
@@ -198,6 +199,33 @@ def symbol_path(prefix):
 
 def params_path(prefix, epoch):
     return '%s-%04d.params' % (prefix, int(epoch))
+
+
+def synset_path(prefix):
+    """``synset.txt`` beside the checkpoint (or export) ``prefix``: its class names."""
+    return os.path.join(os.path.dirname(os.path.abspath(prefix)), 'synset.txt')
+
+
+def load_synset(path, num_classes=None):
+    """Class names of a synset file, one per line in class order (ImageNet's ``synset.txt``:
+    ``n01440764 tench, Tinca tinca``); blank lines are not allowed in between. With
+    ``num_classes`` the count must match. :class:`CheckpointError` names the file otherwise."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError('synset file %s: cannot read it (%s)' % (path, getattr(err, 'strerror', None) or err))
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [ln.strip() for ln in lines]
+    if not names:
+        raise CheckpointError('synset file %s lists no class names' % path)
+    if '' in names:
+        raise CheckpointError('synset file %s: line %d is blank (one class name per line)' % (path, names.index('') + 1))
+    if num_classes is not None and len(names) != int(num_classes):
+        raise CheckpointError('synset file %s lists %d class names, the model has %d classes'
+                              % (path, len(names), num_classes))
+    return names
 
 
 def load_symbol(path):

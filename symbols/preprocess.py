@@ -6,9 +6,11 @@ weights): what the pixels must look like before ``data``.
 released CRU-Net checkpoints; every default of the iterators, of ``crunet-score`` and of the
 exports comes from here.
 """
+import json
 from collections import namedtuple
 
-__all__ = ['Preprocess', 'RELEASED', 'DEMO', 'INTERPOLATIONS', 'interpolation_code', 'from_training_args']
+__all__ = ['Preprocess', 'RELEASED', 'DEMO', 'INTERPOLATIONS', 'interpolation_code', 'from_training_args',
+           'training_args', 'of_checkpoint', 'as_metadata']
 
 #: OpenCV / MXNet ``inter_method`` codes by name
 INTERPOLATIONS = {'bilinear': 1, 'bicubic': 2, 'area': 3, 'lanczos': 4, 'auto': 9}
@@ -56,3 +58,31 @@ def from_training_args(args, default=RELEASED):
     if args.get('inter_method') is not None:
         fields['interpolation'] = codes.get(int(args['inter_method']), fields['interpolation'])
     return Preprocess(**fields)
+
+
+def training_args(prefix):
+    """The flags a training run recorded in ``PREFIX-args.json`` (empty when there is none or
+    it cannot be read as a JSON object)."""
+    try:
+        with open(prefix + '-args.json') as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def of_checkpoint(prefix, default=RELEASED):
+    """The :class:`Preprocess` of checkpoint ``prefix``: what its training run recorded in
+    ``PREFIX-args.json``, ``default`` (the released models') for what it did not."""
+    return from_training_args(training_args(prefix), default)
+
+
+def as_metadata(pre):
+    """``{key: str}`` of a :class:`Preprocess` for a model file's metadata (ONNX
+    ``metadata_props``): ``mean``/``std`` as ``R,G,B``, ``scale``, ``resize`` (shorter side),
+    ``crop`` as ``C,H,W``, ``interpolation`` (a name), ``normalization`` (the formula)."""
+    def csv(values):
+        return ','.join('%g' % v for v in values)
+    return {'mean': csv(pre.mean), 'std': csv(pre.std), 'scale': '%g' % pre.scale, 'resize': str(int(pre.resize)),
+            'crop': ','.join(str(int(v)) for v in pre.crop), 'interpolation': str(pre.interpolation),
+            'normalization': '(pixel_rgb - mean) / std * scale', 'channel_order': 'RGB', 'layout': 'NCHW'}

@@ -1,6 +1,5 @@
 """Checkpoints: exact resume (acceptance 2) and a SIGKILL in the middle of a save (acceptance 3)."""
 import os
-import pickle
 import signal
 import subprocess
 import time
@@ -9,7 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from crunet.train.fit import latest_checkpoint
+from crunet.train.state import latest_checkpoint, read_states
 from train_helpers import PYTHON, ROOT, TRAIN, env, load_params, max_param_diff, run_train, tiny_args, tiny_data
 
 # the rate changes inside the run (warmup, then a step at epoch 1) so that a resume which got
@@ -23,8 +22,8 @@ def data(tmp_path_factory):
 
 
 def _states(prefix, epoch):
-    with open('%s-%04d.states' % (prefix, epoch), 'rb') as f:
-        return pickle.load(f)
+    meta, states = read_states('%s-%04d.states' % (prefix, epoch))
+    return dict(meta, optimizer_states=states)
 
 
 def _flatten(state):
@@ -32,7 +31,7 @@ def _flatten(state):
         return []
     if isinstance(state, (tuple, list)):
         return [a for s in state for a in _flatten(s)]
-    return [np.asarray(state)]
+    return [state.asnumpy() if isinstance(state, mx.nd.NDArray) else np.asarray(state)]
 
 
 @pytest.mark.parametrize('cpus', [1, 2])

@@ -14,12 +14,12 @@ class ArgParser(argparse.ArgumentParser):
         die('%s (see %s --help)' % (message, self.prog))
 
 
-def add_model_args(parser, required=False, num_classes_default=None, title='Model'):
+def add_model_args(parser, required=False, network_default=None, num_classes_default=None, title='Model'):
     """Declare ``--network``, ``--num-layers``, ``--setting``, ``--num-classes`` (the zoo's
     ``symbols.get_symbol`` arguments) on ``parser``; returns the argument group."""
     from symbols import NETWORKS
     g = parser.add_argument_group(title, 'network of the zoo (symbols.get_symbol)')
-    g.add_argument('--network', type=str, default=None if not required else argparse.SUPPRESS,
+    g.add_argument('--network', type=str, default=network_default if not required else argparse.SUPPRESS,
                    required=required, help=', '.join(NETWORKS))
     g.add_argument('--num-layers', type=int, default=None,
                    help="depth (crunet 56/116/22, resnext 50/101, resnet 50/101/152/200, sharesnet ...); "

@@ -33,8 +33,9 @@ import mxnet as mx  # noqa: E402
 
 from . import ArgParser  # noqa: E402
 from .. import evaluate as ev  # noqa: E402
-from ..data.iterators import add_data_args, add_data_aug_args, check_recordio, get_val_iter  # noqa: E402
-from ..devices import get_contexts  # noqa: E402
+from ..data.iterators import (add_data_args, add_data_aug_args, check_args, check_labels, data_args,  # noqa: E402
+                              get_val_iter, inspect_recordio)
+from ..devices import get_contexts, parse_gpus  # noqa: E402
 from ..errors import CLIError, cli_main  # noqa: E402
 from ..files import atomic_write_text  # noqa: E402
 from symbols import ChoiceError  # noqa: E402
@@ -115,6 +116,12 @@ def resolve(args):
     return args
 
 
+def data_flags(args):
+    """The namespace the data iterators read (:func:`crunet.data.iterators.data_args`), from the
+    resolved score flags."""
+    return data_args(batch_size=args.batch_size, **{dest: getattr(args, dest) for dest in DATA_FLAGS})
+
+
 def choose_pooling(pooling, image_shape, train_shape):
     """``'avg'`` or ``'mean-max'`` (``auto``: mean-max when the input exceeds the training crop)."""
     if pooling != 'auto':
@@ -135,8 +142,15 @@ def _triple(text, flag):
 def score(args, log=ev.stderr_log):
     """Run the evaluation described by the parsed ``args``; returns the result dict."""
     resolve(args)
+    parse_gpus(args.gpus)       # CUDA build, libraries, driver, GPU architecture: before any work
     if args.batch_size < 1:
         raise CLIError('--batch-size must be at least 1')
+    if args.max_images is not None and args.max_images < 1:
+        raise CLIError('--max-images must be at least 1 (leave it out to score every image), not %d' % args.max_images)
+    if args.disp_batches < 0:
+        raise CLIError('--disp-batches must be 0 (no progress lines) or more, not %d' % args.disp_batches)
+    data = data_flags(args)
+    check_args(data, training=False)         # flag values and combinations, before any file is read
     if args.network is None and any(getattr(args, f) is not None for f in ('num_layers', 'setting', 'num_classes')):
         raise CLIError('--num-layers/--setting/--num-classes need --network')
     image_shape = parse_shape(args.image_shape)
@@ -152,11 +166,15 @@ def score(args, log=ev.stderr_log):
     batch_shape = (args.batch_size * args.crops,) + image_shape
     check_params(deploy, arg_params, aux_params, batch_shape)
 
-    num_records = check_recordio(args.data_val, args.data_check or 'sample')
+    # both paths resize every image: every one must decode (checked once per file, cached), and
+    # every label must be a class of the model
+    info = inspect_recordio(args.data_val, data.data_check, decode_all=True)
+    check_labels(info, args.data_val, num_classes)
+    num_records = info.num_records
     total = num_records if args.max_images is None else min(num_records, args.max_images)
     if args.crops == 1:
-        args.num_classes = num_classes       # lets common.data check the labels' range
-        batches = ev.centre_crop_batches(get_val_iter(args), args.max_images)
+        data.num_classes = num_classes
+        batches = ev.centre_crop_batches(get_val_iter(data), args.max_images)
     else:
         batches = ev.ten_crop_batches(args.data_val, args.image_shape, args.batch_size, resize=args.resize_val,
                                       mean=_triple(args.rgb_mean, '--rgb-mean'),

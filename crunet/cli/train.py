@@ -28,7 +28,7 @@ from ..data import iterators as data  # noqa: E402
 from ..errors import CLIError, cli_main  # noqa: E402
 from ..isa import GROUPED_CONV_FLAG_CHOICES, grouped_conv_for  # noqa: E402
 from ..log import setup_logging  # noqa: E402
-from ..train import fit  # noqa: E402
+from ..train import fit, flags  # noqa: E402
 
 #: the embedded demo: a CIFAR-size CRU-Net on the digits; any flag given overrides these
 DEMO_DEFAULTS = dict(
@@ -50,7 +50,7 @@ def build_parser():
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data.add_data_args(parser)
     data.add_data_aug_args(parser)
-    fit.add_fit_args(parser)
+    flags.add_fit_args(parser)
     parser.add_argument('--data-dir', type=str, default=os.path.join('runs', 'demo', 'data'),
                         help='demo only: where the bundled digits set is packed (once)')
     parser.add_argument('--grouped-conv', choices=GROUPED_CONV_FLAG_CHOICES, default='auto',
@@ -74,26 +74,27 @@ def parse_args(argv=None):
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parser.parse_args(argv)
     if args.num_layers is None:
-        args.num_layers = fit.default_num_layers(args.network) if args.network in _networks() else None
+        args.num_layers = _default_depth(args.network)
     if not demo and args.model_prefix is None:
         tag = '%s-%s' % (args.network, args.num_layers)
         args.model_prefix = os.path.join('runs', tag, tag)
     return args, demo
 
 
-def _networks():
+def _default_depth(network):
     import symbols
-    return symbols.NETWORKS
+    return symbols.default_num_layers(network) if network in symbols.NETWORKS else None
 
 
-def build_symbol(args, grouped_conv='plain'):
-    """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape/--dtype``,
-    grouped convolutions computed as ``grouped_conv`` says (``symbols.blocks.GROUPED_CONV_CHOICES``)."""
+def build_symbol(args, grouped_conv='plain', dtype='float32'):
+    """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape``, in ``dtype``,
+    grouped convolutions computed as ``grouped_conv`` says (``symbols.blocks.GROUPED_CONV_CHOICES``).
+    The defaults give the graph every checkpoint stores (plain, float32)."""
     import symbols
     given = {'setting': args.setting} if args.setting is not None else {}
     try:
         return symbols.get_symbol(args.network, num_classes=args.num_classes, num_layers=args.num_layers,
-                                  image_shape=args.image_shape, dtype=args.dtype, grouped_conv=grouped_conv,
+                                  image_shape=args.image_shape, dtype=dtype, grouped_conv=grouped_conv,
                                   **given)
     except symbols.ChoiceError as exc:
         raise CLIError('--network/--num-layers/--setting: %s' % exc)
@@ -114,7 +115,7 @@ def prepare_demo_data(args):
 
 def main(argv=None):
     args, demo = parse_args(argv)
-    fit.check_args(args)
+    flags.check_args(args)
     sym = build_symbol(args)            # unknown network/depth/setting: fail before any data work
     setup_logging()
     if demo:
@@ -128,7 +129,7 @@ def main(argv=None):
                 raise CLIError('--%s %s: no such file' % (flag.replace('_', '-'), path))
     grouped_conv = grouped_conv_for(args.grouped_conv, gpus=bool(args.gpus))
     logging.info('grouped convolutions in training: %s (--grouped-conv %s)', grouped_conv, args.grouped_conv)
-    train_sym = build_symbol(args, grouped_conv) if grouped_conv != 'plain' else sym
+    train_sym = build_symbol(args, grouped_conv, args.dtype)
     result = fit.fit(args, train_sym, data.get_rec_iter, save_network=sym)
     return result
 

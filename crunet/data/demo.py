@@ -13,15 +13,22 @@ the same bytes on every run.
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 
+from ..cli import ArgParser
+from ..errors import cli_main
+from ..files import atomic_save
 from . import im2rec, recordio
 
-__all__ = ['prepare_demo', 'main', 'NUM_CLASSES']
+__all__ = ['prepare_demo', 'main', 'run', 'NUM_CLASSES', 'MAX_IMAGE_SIZE']
 
 NUM_CLASSES = 10
+#: the largest --image-size (1797 images of 1024x1024 PNG are already about 1 GB)
+MAX_IMAGE_SIZE = 1024
 _FORMAT = 1                 # bump when the files written here change
 
 
@@ -63,9 +70,14 @@ def prepare_demo(out_dir, image_size=32, train_ratio=0.8, seed=0, force=False, n
     Returns ``{'train': .rec, 'val': .rec, 'num_train', 'num_val', 'num_classes': 10,
     'image_size', 'synset', 'images'}``; files: ``images/<digit>/NNNN.png``,
     ``digits_{train,val}.{lst,rec,idx}``, ``digits_synset.txt``, ``digits_meta.json``.
+    Everything is built in a temporary folder inside ``out_dir`` and moved into place at the
+    end, so a failure (bad option, full disk) leaves the previous files as they were.
     """
-    if image_size < 8:
-        raise im2rec.PackError('image_size must be at least 8 (the digits are 8x8), not %d' % image_size)
+    if not 8 <= image_size <= MAX_IMAGE_SIZE:
+        raise im2rec.PackError('--image-size must be in 8..%d (the digits are 8x8), not %d' % (MAX_IMAGE_SIZE, image_size))
+    if not 0.0 < train_ratio < 1.0:
+        raise im2rec.PackError('--train-ratio must be between 0 and 1 (exclusive): the demo needs both a training '
+                               'and a validation set, not %s' % train_ratio)
     log = log or (lambda msg: None)
     out_dir = os.path.abspath(out_dir)
     prefix = os.path.join(out_dir, 'digits')
@@ -80,48 +92,65 @@ def prepare_demo(out_dir, image_size=32, train_ratio=0.8, seed=0, force=False, n
         log('demo set already in %s' % out_dir)
         result.update(num_train=old['num_train'], num_val=old['num_val'])
         return result
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    img_dir = result['images']
-    if os.path.isdir(img_dir):
-        import shutil
-        shutil.rmtree(img_dir)
-    n = _write_images(img_dir, int(image_size))
-    log('wrote %d digit images (%dx%d) under %s' % (n, image_size, image_size, img_dir))
-    lists = im2rec.make_lists(prefix, img_dir, train_ratio=train_ratio, seed=seed, log=log)
-    counts = {}
-    for lst, part in zip(lists, ('train', 'val')):
-        st = im2rec.pack(lst, img_dir, num_thread=num_thread, progress=False, log=log)
-        counts['num_' + part] = st['records']
-    meta.update(counts)
-    with open(meta_path + '.part', 'w') as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-    os.replace(meta_path + '.part', meta_path)
+    im2rec.ensure_dir(out_dir, '--out %s' % out_dir)
+    stage = tempfile.mkdtemp(prefix='.digits-build-', dir=out_dir)
+    try:
+        img_dir = os.path.join(stage, 'images')
+        n = _write_images(img_dir, int(image_size))
+        log('wrote %d digit images (%dx%d)' % (n, image_size, image_size))
+        lists = im2rec.make_lists(os.path.join(stage, 'digits'), img_dir, train_ratio=train_ratio, seed=seed, log=log)
+        counts = {}
+        for lst, part in zip(lists, ('train', 'val')):
+            st = im2rec.pack(lst, img_dir, num_thread=num_thread, progress=False)
+            counts['num_' + part] = st['records']
+        meta.update(counts)
+        atomic_save(os.path.join(stage, 'digits_meta.json'), json.dumps(meta, indent=1, sort_keys=True))
+        # move into place; the meta file goes last, so an interrupted move is rebuilt next time
+        if os.path.exists(meta_path):
+            os.remove(meta_path)
+        for name in sorted(os.listdir(stage)):
+            if name.startswith('digits_') and name != 'digits_meta.json':
+                os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+        if os.path.isdir(result['images']):
+            os.rename(result['images'], os.path.join(stage, 'old-images'))
+        os.rename(img_dir, result['images'])
+        os.replace(os.path.join(stage, 'digits_meta.json'), meta_path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log('wrote %s (%d images) and %s (%d images)' % (paths['train'], counts['num_train'], paths['val'],
+                                                       counts['num_val']))
     result.update(counts)
     return result
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m crunet.data.demo',
-                                description='Write the bundled handwritten-digits demo set as train/val RecordIO.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser():
+    p = ArgParser(prog='python -m crunet.data.demo',
+                  description='Write the bundled handwritten-digits demo set as train/val RecordIO.',
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', default='runs/demo/data', help='output folder')
-    p.add_argument('--image-size', type=int, default=32, help='side of the (square) images written')
-    p.add_argument('--train-ratio', type=float, default=0.8, help='fraction of each class in the training set')
+    p.add_argument('--image-size', type=int, default=32, help='side of the (square) images written (8..%d)'
+                   % MAX_IMAGE_SIZE)
+    p.add_argument('--train-ratio', type=float, default=0.8,
+                   help='fraction of each class in the training set (the rest: validation), strictly between 0 and 1')
     p.add_argument('--seed', type=int, default=0, help='seed of the split and of the record order')
     p.add_argument('--force', action='store_true', help='rewrite even if valid files are there')
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     say = lambda msg: sys.stderr.write('[demo] %s\n' % msg)
-    try:
-        r = prepare_demo(args.out, args.image_size, args.train_ratio, args.seed, args.force, log=say)
-    except im2rec.PackError as e:
-        sys.stderr.write('demo: error: %s\n' % e)
-        return 1
+    r = prepare_demo(args.out, args.image_size, args.train_ratio, args.seed, args.force, log=say)
     print('train: %s (%d images)\nval:   %s (%d images)\nclasses: %d, images %dx%d'
           % (r['train'], r['num_train'], r['val'], r['num_val'], r['num_classes'], r['image_size'], r['image_size']))
     return 0
 
 
+def run(argv=None):
+    """``python -m crunet.data.demo`` under the exit-code convention of :mod:`crunet.errors`
+    (bad input: one ``error:`` line, exit 2; a full disk: exit 1)."""
+    return cli_main(main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run())

@@ -1,7 +1,8 @@
 """Make image lists and pack them into RecordIO (``.rec`` + ``.idx``) for ``mx.io.ImageRecordIter``.
 
-MXNet's pip package does not ship ``tools/im2rec``; this is the project's replacement. It needs
-no MXNet (the RecordIO framing is written here, byte-compatible with dmlc-core's writer), only
+The project's packer (MXNet 1.9.1's wheel ships its own ``mxnet/tools/im2rec.py``; this one is
+deterministic, converts every image to 3-channel colour and stops on bad input). It needs no
+MXNet (the RecordIO framing is written here, byte-compatible with dmlc-core's writer), only
 numpy, OpenCV and Pillow.
 
 Subcommands (``python -m crunet.data.im2rec CMD -h`` for every option)::
@@ -18,14 +19,23 @@ Subcommands (``python -m crunet.data.im2rec CMD -h`` for every option)::
     # validate a .rec/.idx pair (the checks the training iterators run first)
     python -m crunet.data.im2rec check runs/data/mine_train.rec
 
+MXNet's own form is accepted too, with MXNet's list algorithm and record encoding (see
+:func:`mxnet_main` and ``data/README.md`` for the few deliberate differences)::
+
+    crunet-im2rec runs/data/mine /data/mine --list --recursive --train-ratio 0.9
+    crunet-im2rec runs/data/mine /data/mine          # packs every runs/data/mine*.lst
+
 Every image becomes a 3-channel colour record: grayscale, palette, RGBA / LA (alpha dropped),
 16-bit, CMYK JPEGs and formats ImageRecordIter cannot decode (WebP, GIF, ...) are decoded and
 re-encoded (``--encoding``, ``--quality``). A colour 8-bit JPEG or PNG that needs no resize keeps
 its own bytes (``--pass-through 1``, the default). The output depends only on the inputs and the
-options: the same inputs give the same bytes, whatever ``--num-thread``.
+options: the same inputs give the same bytes, whatever ``--num-thread``. Outputs appear whole or
+not at all: lists and records are written to temporary files renamed into place, removed when
+anything fails (a full disk included).
 
-Bad input ends the command with one line on stderr (``im2rec: error: ...`` naming the file) and
-exit status 1 -- or, with ``--skip-bad``, a warning per skipped image.
+Bad input ends the command with one line on stderr (``error: ...`` naming the file, line or
+flag) and exit status 2 (a full disk or another system failure: 1), following
+:mod:`crunet.errors` -- or, with ``--skip-bad``, a warning per skipped image.
 """
 import argparse
 import collections
@@ -40,11 +50,12 @@ import numpy as np
 
 from ..cli import ArgParser
 from ..errors import cli_main
+from ..files import atomic_save
 from .recordio import RecordError, RecordWriter, image_format, pack_header, scan_recordio
 
-__all__ = ['PackError', 'IMAGE_EXTS', 'list_from_folders', 'read_list_file', 'load_synset', 'split_items',
-           'write_lst', 'read_lst',
-           'make_lists', 'pack', 'main']
+__all__ = ['PackError', 'IMAGE_EXTS', 'MXNET_EXTS', 'list_from_folders', 'read_list_file', 'load_synset',
+           'split_items', 'write_lst', 'read_lst', 'ensure_dir', 'check_class_labels',
+           'make_lists', 'pack', 'mxnet_list_images', 'mxnet_make_lists', 'mxnet_main', 'main', 'run']
 
 #: file extensions taken as images when walking a folder tree (compared lower-case)
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
@@ -52,6 +63,45 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif',
 
 class PackError(RecordError):
     """Bad input for listing or packing images; the message is one line naming the file."""
+
+
+#: the largest class label a float32 record header holds exactly (2^24)
+MAX_LABEL = 1 << 24
+
+
+def ensure_dir(path, what):
+    """Create folder ``path`` (and its parents) for ``what`` (e.g. ``'output prefix runs/x'``), or
+    raise PackError naming the part of the path that is a file, or the permission that is missing."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        probe = path
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        raise PackError('%s: %s is a file, not a folder' % (what, probe or path)) from None
+    except PermissionError as e:
+        raise PackError('%s: cannot create folder %s: %s' % (what, path, e.strerror)) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PackError('%s: folder %s is not writable' % (what, path))
+    return path
+
+
+def check_class_labels(labels, where):
+    """Labels of one list line: all finite; a single label must be a class number (a whole number
+    in 0..2^24, what a float32 header holds exactly) -- ``3.5`` would be packed, checked and
+    trained as class 3. ``where`` names the file and line."""
+    for x in labels:
+        if not np.isfinite(x):
+            raise PackError('%s: label %r is not a finite number' % (where, x))
+    if len(labels) == 1:
+        x = labels[0]
+        if not float(x).is_integer() or x < 0:
+            raise PackError('%s: label %s is not a class number (0, 1, 2, ...); a one-label list holds class '
+                            'labels' % (where, _fmt_label(x)))
+        if x > MAX_LABEL:
+            raise PackError('%s: label %s is larger than %d, the largest class a RecordIO header holds exactly'
+                            % (where, _fmt_label(x), MAX_LABEL))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +210,7 @@ def read_list_file(path, synset=None, ext=''):
                     raise PackError('%s: expected "path label", got %r' % (where, line[:60]))
                 rel = cells[0]
                 labels = [_parse_label(c, synset, where) for c in cells[1:]]
+            check_class_labels(labels, where)
             items.append((rel.lstrip('/') + (ext if not os.path.splitext(rel)[1] else ''), labels))
     if not items:
         raise PackError('list file %s lists no images' % path)
@@ -198,31 +249,43 @@ def _fmt_label(x):
 
 
 def write_lst(path, items):
-    """Write MXNet ``.lst`` lines ``index<TAB>label(s)<TAB>relpath`` (index = line number)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    with open(path, 'w') as f:
-        for i, it in enumerate(items):
-            f.write('%d\t%s\t%s\n' % (i, '\t'.join(_fmt_label(l) for l in _labels(it)), it[0]))
+    """Write MXNet ``.lst`` lines ``index<TAB>label(s)<TAB>relpath`` (index = line number),
+    atomically (a failure leaves the previous file, or none)."""
+    ensure_dir(os.path.dirname(os.path.abspath(path)), 'list %s' % path)
+    atomic_save(path, ''.join('%d\t%s\t%s\n' % (i, '\t'.join(_fmt_label(l) for l in _labels(it)), it[0])
+                              for i, it in enumerate(items)))
 
 
 def read_lst(path):
-    """Items ``(index, labels, relpath)`` of an MXNet ``.lst``."""
+    """Items ``(index, labels, relpath)`` of an MXNet ``.lst`` (cells stripped, as MXNet's tool
+    does). Refused with PackError naming the line: a malformed line, an index that is negative,
+    too large or repeated (it is the record's key), a label that is not finite, and in a one-label
+    line a label that is not a class number (see :func:`check_class_labels`)."""
     if not os.path.isfile(path):
         raise PackError('list file not found: %s' % path)
     out = []
+    seen = {}
     with open(path, 'r', encoding='utf-8', errors='replace') as f:
         for lineno, line in enumerate(f, 1):
-            line = line.rstrip('\n')
+            line = line.rstrip('\r\n')
             if not line.strip():
                 continue
-            cells = line.split('\t')
+            cells = [c.strip() for c in line.strip().split('\t')]
+            where = '%s line %d' % (path, lineno)
             try:
-                if len(cells) < 3:
+                if len(cells) < 3 or not cells[-1]:
                     raise ValueError
-                out.append((int(cells[0]), [float(c) for c in cells[1:-1]], cells[-1]))
+                index, labels = int(cells[0]), [float(c) for c in cells[1:-1]]
             except ValueError:
-                raise PackError('%s line %d is not "index<TAB>label<TAB>path": %r' % (path, lineno, line[:60]))
+                raise PackError('%s is not "index<TAB>label<TAB>path": %r' % (where, line[:60])) from None
+            if not 0 <= index < 1 << 63:
+                raise PackError('%s: index %d is not in 0..2^63-1' % (where, index))
+            if index in seen:
+                raise PackError('%s: index %d is already used on line %d (the index is the record key)'
+                                % (where, index, seen[index]))
+            seen[index] = lineno
+            check_class_labels(labels, where)
+            out.append((index, labels, cells[-1]))
     if not out:
         raise PackError('list file %s lists no images' % path)
     return out
@@ -238,14 +301,15 @@ def make_lists(prefix, root, list_file=None, synset=None, ext='', train_ratio=1.
     file lets each distributed worker's contiguous part hold every class. Returns the list paths.
     """
     log = log or (lambda msg: None)
+    if not 0.0 < train_ratio <= 1.0:
+        raise PackError('--train-ratio must be in (0, 1], not %s' % train_ratio)
     if list_file:
         items = read_list_file(list_file, load_synset(synset) if synset else None, ext)
     else:
         items, classes = list_from_folders(root, exts)
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    ensure_dir(os.path.dirname(os.path.abspath(prefix)), 'output prefix %s' % prefix)
     if not list_file:
-        with open(prefix + '_synset.txt', 'w') as f:
-            f.write(''.join(c + '\n' for c in classes))
+        atomic_save(prefix + '_synset.txt', ''.join(c + '\n' for c in classes))
         log('%d classes in %s (names in %s_synset.txt)' % (len(classes), root, prefix))
     if train_ratio >= 1.0:
         parts = [('', items)]
@@ -332,16 +396,28 @@ def _process(item):
     if not data:
         return i, None, 'error', 'empty image file: %s' % path
     fmt = image_format(data)
-    img = _decode_color(data, path)
+    img = None
+    if o['mxnet']:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)      # what MXNet's tools/im2rec.py decodes with
+        if img is not None and not (img.ndim == 3 and img.shape[2] == 3 and img.size):
+            img = None
+    if img is None:
+        img = _decode_color(data, path)
     if img is None:
         return i, None, 'error', 'cannot decode image %s (%s, %d bytes)' % (path, fmt or 'unknown format', len(data))
     h, w = img.shape[:2]
     resize = o['resize']
-    need_resize = resize > 0 and min(h, w) > resize
+    if o['mxnet']:     # MXNet's tool: shorter side to exactly --resize (up or down), bilinear, sizes floored
+        need_resize = resize > 0
+    else:
+        need_resize = resize > 0 and min(h, w) > resize
     header = pack_header(labels, i)
     if not need_resize and o['pass_through'] and _keeps_own_bytes(data, fmt):
         return i, header + data, 'kept', None
-    if need_resize:
+    if need_resize and o['mxnet']:
+        size = (resize, h * resize // w) if h > w else (w * resize // h, resize)
+        img = cv2.resize(img, size)
+    elif need_resize:
         if h < w:
             nh, nw = resize, max(1, int(round(w * resize / float(h))))
         else:
@@ -408,7 +484,7 @@ class _Progress(object):
 
 
 def pack(lst_path, root, out_prefix=None, resize=0, quality=95, encoding='.jpg', pass_through=True,
-         num_thread=1, skip_bad=False, progress=True, png_level=3, log=None):
+         num_thread=1, skip_bad=False, progress=True, png_level=3, log=None, mxnet=False, pack_label=True):
     """Pack the images of ``lst_path`` (paths relative to ``root``) into ``PREFIX.rec`` + ``.idx``.
 
     ``PREFIX`` is ``out_prefix`` or the list path without ``.lst``. Record ``i`` holds the
@@ -416,7 +492,11 @@ def pack(lst_path, root, out_prefix=None, resize=0, quality=95, encoding='.jpg',
     JPEG/PNG needing no resize and ``pass_through``; otherwise decoded as 3-channel colour,
     shorter side reduced to ``resize`` when longer (0: never), re-encoded as ``encoding``
     (``.jpg`` at ``quality``, or ``.png``). Records are written in list order whatever
-    ``num_thread`` is, so the output is deterministic. Returns a stats dict.
+    ``num_thread`` is, so the output is deterministic. ``mxnet=True``: decode and resize as
+    MXNet's ``tools/im2rec.py`` does (``cv2.imread``; shorter side to exactly ``resize``,
+    bilinear); ``pack_label=False``: only the first label of each line (MXNet's default).
+    The pair appears whole or not at all (a failure, a full disk included, leaves no ``.part``
+    file and any previous pair untouched). Returns a stats dict.
     """
     log = log or (lambda msg: None)
     if encoding not in ('.jpg', '.png'):
@@ -425,13 +505,19 @@ def pack(lst_path, root, out_prefix=None, resize=0, quality=95, encoding='.jpg',
         raise PackError('--quality must be in 1..100, not %d' % quality)
     if not os.path.isdir(root):
         raise PackError('image root folder not found: %s' % root)
+    if resize is not None and resize < 0:
+        raise PackError('--resize must be 0 (keep the size) or a positive size, not %d' % resize)
     items = read_lst(lst_path)
     prefix = out_prefix or (lst_path[:-4] if lst_path.endswith('.lst') else lst_path)
     rec_path, idx_path = prefix + '.rec', prefix + '.idx'
+    ensure_dir(os.path.dirname(os.path.abspath(rec_path)), 'output %s' % rec_path)
     opts = dict(root=root, resize=int(resize or 0), quality=int(quality), encoding=encoding,
-                pass_through=bool(pass_through), png_level=int(png_level))
-    work = [(i, labels, rel) for (i, labels, rel) in items]
-    writer = RecordWriter(rec_path, idx_path)
+                pass_through=bool(pass_through), png_level=int(png_level), mxnet=bool(mxnet))
+    work = [(i, labels if pack_label else labels[:1], rel) for (i, labels, rel) in items]
+    try:
+        writer = RecordWriter(rec_path, idx_path)
+    except OSError as e:
+        raise OSError(e.errno, 'cannot write %s: %s' % (rec_path, e.strerror or e)) from None
     stats = collections.Counter()
     bar = _Progress(os.path.basename(rec_path), len(work), progress)
     t0 = time.time()
@@ -460,6 +546,9 @@ def pack(lst_path, root, out_prefix=None, resize=0, quality=95, encoding='.jpg',
         if writer.count == 0:
             raise PackError('no image of %s could be packed' % lst_path)
         writer.close()
+    except OSError as e:            # a full disk, a file size limit: name what was being written
+        writer.abort()
+        raise OSError(e.errno, 'cannot write %s: %s (nothing was written)' % (rec_path, e.strerror or e)) from None
     except BaseException:
         writer.abort()
         raise
@@ -518,6 +607,8 @@ def build_parser():
     parser = ArgParser(
         prog='crunet-im2rec',
         description='Make image lists and pack them into RecordIO (.rec + .idx) for mx.io.ImageRecordIter.',
+        epilog="MXNet's form is accepted too: crunet-im2rec PREFIX ROOT --list [--recursive] ..., then "
+               "crunet-im2rec PREFIX ROOT (crunet-im2rec PREFIX ROOT -h for its options).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest='cmd', metavar='CMD')
     sub.required = True
@@ -546,16 +637,30 @@ def _say(msg):
     sys.stderr.flush()
 
 
+def _check_pack_flags(args, png_quality=False):
+    if args.num_thread < 1:
+        raise PackError('--num-thread must be at least 1, not %d' % args.num_thread)
+    if png_quality:
+        pass                 # MXNet's form: the PNG compression, clamped to 0..9 by OpenCV as in MXNet's tool
+    elif not 1 <= args.quality <= 100:
+        raise PackError('--quality must be in 1..100, not %d' % args.quality)
+    if args.resize < 0:
+        raise PackError('--resize must be 0 (keep the size) or a positive size, not %d' % args.resize)
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith('-') and argv[0] not in SUBCOMMANDS:
+        return mxnet_main(argv)
     args = build_parser().parse_args(argv)
     say = (lambda msg: None) if getattr(args, 'quiet', False) else _say
+    if args.cmd in ('pack', 'make'):
+        _check_pack_flags(args)              # before any list is written
     if args.cmd in ('list', 'make'):
         exts = tuple(e if e.startswith('.') else '.' + e for e in args.exts.split(',') if e)
         lists = make_lists(args.prefix, args.root, args.list_file, args.synset, args.ext, args.train_ratio,
                            args.seed, not args.no_shuffle, exts, log=say)
     if args.cmd in ('pack', 'make'):
-        if args.num_thread < 1:
-            raise PackError('--num-thread must be at least 1')
         for lst in (args.lst if args.cmd == 'pack' else lists):
             pack(lst, args.root, resize=args.resize, quality=args.quality, encoding=args.encoding,
                  pass_through=args.pass_through, num_thread=args.num_thread, skip_bad=args.skip_bad,
@@ -565,6 +670,172 @@ def main(argv=None):
             info = scan_recordio(rec, mode=args.mode)
             print('%s: %d records, labels %g..%g, %d images decoded' % (
                 rec, info.num_records, info.label_min, info.label_max, info.checked_images))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# MXNet's form: tools/im2rec.py PREFIX ROOT --list [--recursive] ... / tools/im2rec.py PREFIX ROOT
+# ---------------------------------------------------------------------------------------------
+SUBCOMMANDS = ('list', 'pack', 'make', 'check')
+#: MXNet's tools/im2rec.py default --exts
+MXNET_EXTS = ('.jpeg', '.jpg', '.png')
+
+
+def mxnet_list_images(root, recursive, exts=MXNET_EXTS):
+    """``([(index, relpath, label)], [(folder, label)])`` exactly as MXNet's ``list_image``: walk
+    ``root`` (folders and files sorted, links followed); with ``recursive`` every folder holding an
+    image is a class, numbered in the order the walk first meets it (``root`` itself included),
+    without it only the files directly in ``root``, label 0. ``exts`` are compared with the
+    lower-cased extension, as given."""
+    items, cat = [], {}
+    if recursive:
+        for path, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            files.sort()
+            for fname in files:
+                fpath = os.path.join(path, fname)
+                if os.path.isfile(fpath) and os.path.splitext(fname)[1].lower() in exts:
+                    if path not in cat:
+                        cat[path] = len(cat)
+                    items.append((len(items), os.path.relpath(fpath, root), cat[path]))
+    else:
+        for fname in sorted(os.listdir(root)):
+            fpath = os.path.join(root, fname)
+            if os.path.isfile(fpath) and os.path.splitext(fname)[1].lower() in exts:
+                items.append((len(items), os.path.relpath(fpath, root), 0))
+    folders = [(os.path.relpath(k, root), v) for k, v in sorted(cat.items(), key=lambda kv: kv[1])]
+    return items, folders
+
+
+def _write_mxnet_lst(path, items):
+    atomic_save(path, ''.join('%d\t%s%s\n' % (it[0], ''.join('%f\t' % x for x in it[2:]), it[1]) for it in items))
+
+
+def mxnet_make_lists(prefix, root, recursive=False, exts=MXNET_EXTS, chunks=1, train_ratio=1.0, test_ratio=0.0,
+                     shuffle=True, log=None):
+    """MXNet's ``make_list``: the same ``.lst`` files, byte for byte (shuffled by ``random.seed(100)``,
+    split by position: ``int(chunk * train_ratio)`` lines to ``_train``, the rest to ``_val``, after
+    ``int(chunk * test_ratio)`` to ``_test``; labels written ``%f``). Written atomically; returns
+    the paths and prints MXNet's ``folder label`` lines (``recursive``) on stdout."""
+    log = log or (lambda msg: None)
+    if not 0.0 < train_ratio <= 1.0:
+        raise PackError('--train-ratio must be in (0, 1], not %s' % train_ratio)
+    if not 0.0 <= test_ratio < 1.0 or train_ratio + test_ratio > 1.0:
+        raise PackError('--test-ratio must be in [0, 1) with --train-ratio + --test-ratio <= 1, not %s + %s'
+                        % (train_ratio, test_ratio))
+    if chunks < 1:
+        raise PackError('--chunks must be at least 1, not %d' % chunks)
+    if not os.path.isdir(root):
+        raise PackError('image folder not found: %s' % root)
+    items, folders = mxnet_list_images(root, recursive, exts)
+    if not items:
+        raise PackError('no %s files %s %s' % ('/'.join(exts), 'under' if recursive else 'directly in (add --recursive '
+                                                'for class folders)', root))
+    ensure_dir(os.path.dirname(prefix) if not os.path.isdir(prefix) else prefix, 'output prefix %s' % prefix)
+    for folder, label in folders:
+        print(folder, label)
+    if shuffle:
+        random.Random(100).shuffle(items)
+    n = len(items)
+    size = (n + chunks - 1) // chunks
+    paths = []
+
+    def out(path, part):
+        _write_mxnet_lst(path, part)
+        log('wrote %s: %d images' % (path, len(part)))
+        paths.append(path)
+    for c in range(chunks):
+        chunk = items[c * size:(c + 1) * size]
+        tag = '_%d' % c if chunks > 1 else ''
+        sep, sep_test = int(size * train_ratio), int(size * test_ratio)
+        if train_ratio == 1.0:
+            out(prefix + tag + '.lst', chunk)
+        else:
+            if test_ratio:
+                out(prefix + tag + '_test.lst', chunk[:sep_test])
+            if train_ratio + test_ratio < 1.0:
+                out(prefix + tag + '_val.lst', chunk[sep_test + sep:])
+            out(prefix + tag + '_train.lst', chunk[sep_test:sep_test + sep])
+    return paths
+
+
+def mxnet_lists_of(prefix):
+    """The ``.lst`` files MXNet's tool packs for ``PREFIX``: the files of PREFIX's folder (PREFIX
+    itself when it is a folder) whose path starts with PREFIX and ends ``.lst``, sorted."""
+    folder = prefix if os.path.isdir(prefix) else os.path.dirname(prefix)
+    try:
+        names = os.listdir(folder)
+    except OSError as e:
+        raise PackError('cannot list %s for PREFIX %s: %s' % (folder, prefix, e.strerror or e)) from None
+    paths = sorted(os.path.join(folder, n) for n in names)
+    return [p for p in paths if os.path.isfile(p) and p.startswith(prefix) and p.endswith('.lst')]
+
+
+def build_mxnet_parser():
+    parser = ArgParser(
+        prog='crunet-im2rec PREFIX ROOT',
+        description="MXNet's tools/im2rec.py form: with --list, write PREFIX*.lst from the images under ROOT; "
+                    "without, pack every PREFIX*.lst into .rec + .idx. Same lists and records as MXNet's tool; "
+                    "bad input stops with one error line instead of being skipped (see data/README.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('prefix', help='prefix of the .lst, .rec and .idx files')
+    parser.add_argument('root', help='folder holding the images')
+    g = parser.add_argument_group('Options for creating image lists')
+    g.add_argument('--list', action='store_true', help='write the lists instead of packing them')
+    g.add_argument('--exts', nargs='+', default=list(MXNET_EXTS), help='image extensions (lower case)')
+    g.add_argument('--chunks', type=int, default=1, help='number of chunks')
+    g.add_argument('--train-ratio', type=float, default=1.0, help='fraction of the images for _train.lst')
+    g.add_argument('--test-ratio', type=float, default=0.0, help='fraction of the images for _test.lst')
+    g.add_argument('--recursive', action='store_true',
+                   help='walk the sub-folders; every folder holding images is one class')
+    g.add_argument('--no-shuffle', dest='shuffle', action='store_false', help='keep the walk order')
+    g = parser.add_argument_group('Options for creating the database')
+    g.add_argument('--pass-through', action='store_true',
+                   help='keep the bytes of colour 8-bit JPEG/PNG files (others are still converted)')
+    g.add_argument('--resize', type=int, default=0, help='resize the shorter side to this (0: keep)')
+    g.add_argument('--center-crop', action='store_true', help='not supported (refused)')
+    g.add_argument('--quality', type=int, default=95, help='JPEG quality 1-100, or PNG compression 0-9')
+    g.add_argument('--num-thread', type=int, default=max(1, (os.cpu_count() or 1)),
+                   help='worker processes (the output is the same for any number)')
+    g.add_argument('--color', type=int, default=1, choices=[-1, 0, 1],
+                   help='only 1 (colour) is supported: every record is 3-channel colour')
+    g.add_argument('--encoding', default='.jpg', choices=['.jpg', '.png'], help='encoding of the records')
+    g.add_argument('--pack-label', action='store_true', help='pack every label of a line, not only the first')
+    g.add_argument('--skip-bad', action='store_true',
+                   help='skip unreadable images with a warning (MXNet skips them in silence)')
+    g.add_argument('--quiet', action='store_true', help='no progress or summary lines')
+    return parser
+
+
+def mxnet_main(argv):
+    """``crunet-im2rec PREFIX ROOT [--list [--recursive] ...]``: MXNet's ``tools/im2rec.py`` command
+    line, with its list algorithm and its record encoding (``cv2.imread`` colour, JPEG quality 95,
+    its resize); what differs on purpose is written in ``data/README.md``."""
+    args = build_mxnet_parser().parse_args(argv)
+    if args.center_crop:
+        raise PackError('--center-crop is not supported: the iterators crop (--image-shape)')
+    if args.color != 1:
+        raise PackError('--color %d is not supported: every record is 3-channel colour (the iterators make '
+                        'grayscale with --image-shape 1,H,W)' % args.color)
+    prefix, root = os.path.abspath(args.prefix), os.path.abspath(args.root)
+    say = (lambda msg: None) if args.quiet else _say
+    if args.list:
+        mxnet_make_lists(prefix, root, args.recursive, tuple(args.exts), args.chunks, args.train_ratio,
+                         args.test_ratio, args.shuffle, log=say)
+        return 0
+    _check_pack_flags(args, png_quality=args.encoding == '.png')
+    lists = mxnet_lists_of(prefix)
+    if not lists:
+        raise PackError('no list file starts with %s (write them first: crunet-im2rec %s %s --list --recursive)'
+                        % (prefix, args.prefix, args.root))
+    if not os.path.isdir(root):
+        raise PackError('image root folder not found: %s' % root)
+    for lst in lists:
+        pack(lst, root, resize=args.resize, quality=args.quality if args.encoding == '.jpg' else 95,
+             encoding=args.encoding, pass_through=args.pass_through, num_thread=args.num_thread,
+             skip_bad=args.skip_bad, progress=not args.quiet, png_level=min(max(args.quality, 0), 9), log=say,
+             mxnet=True,
+             pack_label=args.pack_label)
     return 0
 
 

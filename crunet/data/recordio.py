@@ -21,7 +21,7 @@ from ..errors import CLIError
 
 __all__ = ['RecordError', 'MAGIC', 'DECODABLE', 'encode_record', 'pack_header', 'unpack_header',
            'RecordWriter', 'image_format', 'RecordInfo', 'read_index', 'iter_payloads', 'scan_recordio',
-           'index_path']
+           'index_path', 'opencv_decodes', 'file_identity']
 
 MAGIC = 0xced7230a
 _MAGIC_BYTES = struct.pack('<I', MAGIC)
@@ -97,8 +97,10 @@ def unpack_header(payload):
 class RecordWriter(object):
     """Writes ``PREFIX.rec`` and ``PREFIX.idx`` (``key<TAB>offset`` lines) like MXIndexedRecordIO.
 
-    Data go to temporary files renamed into place by :meth:`close`, so an interrupted or
-    failed pack never leaves a half-written pair behind (:meth:`abort` removes them).
+    Data go to temporary files (``.part``) renamed into place by :meth:`close`, so an
+    interrupted or failed pack (a full disk included) never leaves a half-written pair or a
+    ``.part`` file behind: :meth:`abort` removes them, whatever state the files are in. Used as a
+    context manager it closes on success and aborts on any exception.
     """
 
     def __init__(self, rec_path, idx_path=None):
@@ -106,8 +108,13 @@ class RecordWriter(object):
         self.idx_path = idx_path or index_path(rec_path)
         self._rec_tmp = self.rec_path + '.part'
         self._idx_tmp = self.idx_path + '.part'
-        self._frec = open(self._rec_tmp, 'wb')
-        self._fidx = open(self._idx_tmp, 'w')
+        self._frec = self._fidx = None
+        try:
+            self._frec = open(self._rec_tmp, 'wb')
+            self._fidx = open(self._idx_tmp, 'w')
+        except BaseException:
+            self.abort()
+            raise
         self.offset = 0
         self.count = 0
 
@@ -119,16 +126,40 @@ class RecordWriter(object):
         self.count += 1
 
     def close(self):
-        self._frec.close()
-        self._fidx.close()
-        os.replace(self._rec_tmp, self.rec_path)
-        os.replace(self._idx_tmp, self.idx_path)
+        """Flush both files to disk and rename them into place (on failure: :meth:`abort`, re-raise)."""
+        try:
+            for f in (self._frec, self._fidx):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            os.replace(self._rec_tmp, self.rec_path)
+            os.replace(self._idx_tmp, self.idx_path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self):
+        """Close and remove the temporary files; never raises (a full disk fails the close)."""
         for f, p in ((self._frec, self._rec_tmp), (self._fidx, self._idx_tmp)):
-            f.close()
-            if os.path.exists(p):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            try:
                 os.remove(p)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
 
 
 def image_format(data):
@@ -157,7 +188,11 @@ def image_format(data):
 # ---------------------------------------------------------------------------------------------
 RecordInfo = collections.namedtuple('RecordInfo', ['num_records', 'keys', 'offsets', 'label_min',
                                                    'label_max', 'label_width', 'checked_headers',
-                                                   'checked_images'])
+                                                   'checked_images', 'fractional_label'])
+RecordInfo.__doc__ = (
+    'What :func:`scan_recordio` found: record count, index keys and offsets (index order), label range and '
+    'width, how many headers and images it checked, and ``fractional_label``: ``(key, label)`` of the first '
+    'checked one-label record whose label is not a whole number (None when all are).')
 
 
 def read_index(idx_path):
@@ -183,6 +218,12 @@ def read_index(idx_path):
         keys.append(key)
         offsets.append(off)
     return keys, offsets
+
+
+def file_identity(path):
+    """``(size, mtime_ns, inode)`` of ``path``: what changes whenever the file is rewritten or replaced."""
+    st = os.stat(path)
+    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
 
 
 def _read_record(f, offset, size, rec_path, key):
@@ -237,7 +278,22 @@ def _even_sample(n, k):
     return sorted(set(int(round(i * (n - 1) / (k - 1))) for i in range(k)))
 
 
-def _check_image(img_bytes, rec_path, key, offset):
+def opencv_decodes(img_bytes):
+    """True when OpenCV (the ``cv2`` package) decodes ``img_bytes`` as a colour image."""
+    import cv2
+    try:
+        img = cv2.imdecode(np.frombuffer(img_bytes, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return False
+    return img is not None and img.size > 0
+
+
+def _check_image(img_bytes, rec_path, key, offset, decodes=opencv_decodes):
+    """Raise RecordError (naming the file, record and offset) unless ``img_bytes`` is an image
+    ImageRecordIter can decode and ``decodes(img_bytes)`` is true.
+
+    Cheap structural checks come first: the container format, and for a JPEG its end-of-image
+    marker (a JPEG cut short still decodes, into an image whose lower part is grey)."""
     fmt = image_format(img_bytes)
     where = '%s: record %s (offset %d)' % (rec_path, key, offset)
     if len(img_bytes) == 0:
@@ -246,17 +302,57 @@ def _check_image(img_bytes, rec_path, key, offset):
         head = bytes(img_bytes[:8])
         raise RecordError('%s is not an image ImageRecordIter can decode (%s, %d bytes, starts %r); '
                         'repack it with crunet-im2rec pack' % (where, fmt or 'unknown format', len(img_bytes), head))
-    import cv2
-    try:
-        img = cv2.imdecode(np.frombuffer(img_bytes, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
+    if fmt == 'jpeg' and bytes(img_bytes).rfind(b'\xff\xd9') < 0:
+        raise RecordError('%s is a truncated JPEG (%d bytes, no end-of-image marker); repack it from the '
+                          'original file' % (where, len(img_bytes)))
+    if not decodes(img_bytes):
         raise RecordError('%s is a %s image that does not decode (%d bytes)' % (where, fmt, len(img_bytes)))
 
 
+class _ImageChecker(object):
+    """Decode-checks images in batches of 256 (so a full check of a large file holds only one
+    batch in memory), on ``num_threads`` threads; the first failure in file order is raised."""
+
+    def __init__(self, rec_path, decodes, num_threads):
+        self.rec_path, self.decodes, self.count = rec_path, decodes, 0
+        self.pending = []
+        self.pool = None
+        if num_threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(num_threads)
+
+    def _one(self, item):
+        _check_image(item[0], self.rec_path, item[1], item[2], self.decodes)
+
+    def add(self, img, key, off):
+        self.pending.append((img, key, off))
+        if len(self.pending) >= 256:
+            self.flush()
+
+    def flush(self):
+        batch, self.pending = self.pending, []
+        if self.pool is not None:
+            list(self.pool.map(self._one, batch))
+        else:
+            for item in batch:
+                self._one(item)
+        self.count += len(batch)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+        return False
+
+
 def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, header_sample=4000,
-                  decode_all_below=1000, decode_sample=100, num_threads=2):
+                  decode_all_below=1000, decode_sample=100, num_threads=2, decodes=opencv_decodes):
     """Validate a ``.rec``/``.idx`` pair and return its :class:`RecordInfo`; raise RecordError if bad.
 
     Checks: both files exist, every index line parses, offsets are distinct, each listed record
@@ -267,7 +363,9 @@ def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, he
 
     mode: ``'sample'`` (default: every record header up to ``max_headers`` records, else
     ``header_sample`` of them), ``'full'`` (every header and every image) or ``'none'`` (files
-    exist and the index parses).
+    exist and the index parses). ``decodes(image_bytes) -> bool`` is the decoder test (default:
+    OpenCV's ``cv2.imdecode``; the iterators pass MXNet's own decoder); it runs on
+    ``num_threads`` threads when ``num_threads > 1``.
     """
     if mode not in ('sample', 'full', 'none'):
         raise ValueError('mode must be sample, full or none, not %r' % (mode,))
@@ -297,15 +395,16 @@ def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, he
         raise RecordError('%s does not match %s: record %s at offset %d is past the end of the file (%d bytes)'
                         % (idx_path, rec_path, okeys[j], offs[-1], size))
     if mode == 'none':
-        return RecordInfo(n, keys, offsets, None, None, None, 0, 0)
+        return RecordInfo(n, keys, offsets, None, None, None, 0, 0, None)
     header_pos = range(n) if (mode == 'full' or n <= max_headers) else _even_sample(n, header_sample)
     if mode == 'full' or n <= decode_all_below:
         decode_pos = set(range(n))
     else:
         decode_pos = set(_even_sample(n, decode_sample))
     lmin, lmax, width = np.inf, -np.inf, None
-    to_decode = []
-    with open(rec_path, 'rb') as f:
+    fractional = None
+    checker = _ImageChecker(rec_path, decodes, num_threads if len(decode_pos) > 64 else 1)
+    with checker, open(rec_path, 'rb') as f:
         for j in header_pos:
             off, key = offs[j], okeys[j]
             if off % 4:
@@ -334,20 +433,16 @@ def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, he
             if not np.all(np.isfinite(labels)):
                 raise RecordError('%s: record %s has a label that is not a finite number' % (rec_path, key))
             lmin, lmax = min(lmin, float(labels.min())), max(lmax, float(labels.max()))
+            if fractional is None and labels.size == 1 and not float(labels[0]).is_integer():
+                fractional = (key, float(labels[0]))
             if j in decode_pos:
-                to_decode.append((img, key, off))
+                checker.add(img, key, off)
                 decode_pos.discard(j)
         for j in sorted(decode_pos):     # sampled images whose header was not walked
             payload, _ = _read_record(f, offs[j], size, rec_path, okeys[j])
             try:
-                to_decode.append((unpack_header(payload)[2], okeys[j], offs[j]))
+                img = unpack_header(payload)[2]
             except ValueError as e:
                 raise RecordError('%s: record %s (offset %d): %s' % (rec_path, okeys[j], offs[j], e))
-    if len(to_decode) > 64 and num_threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(num_threads) as ex:
-            list(ex.map(lambda t: _check_image(t[0], rec_path, t[1], t[2]), to_decode))
-    else:
-        for img, key, off in to_decode:
-            _check_image(img, rec_path, key, off)
-    return RecordInfo(n, keys, offsets, lmin, lmax, width, len(header_pos), len(to_decode))
+            checker.add(img, okeys[j], offs[j])
+    return RecordInfo(n, keys, offsets, lmin, lmax, width, len(header_pos), checker.count, fractional)

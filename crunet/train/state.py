@@ -1,0 +1,343 @@
+"""The training state: checkpoint files, optimizer states, resume discovery.
+
+This is the one module that touches MXNet's private ``Module``/``Updater``/``Optimizer`` state
+(``mod._exec_group``, ``mod._updater``, ``mod._optimizer._all_index_update_counts``, ...): MXNet
+1.9.1 has no public API for per-device optimizer states, update counts or one device's copy of
+the weights, and exact resume needs all three. Everything else in the trainer goes through the
+functions here.
+
+Files of epoch N under a prefix (``symbols.checkpoint`` names them):
+
+* ``PREFIX-symbol.json``: always the plain float32 graph (no ``Cast`` nodes, plain grouped
+  convolutions), whatever ``--dtype``/``--grouped-conv`` the run used;
+* ``PREFIX-%04d.params``: float32 weights (under float16 multi-precision: the float32 master
+  copies), one device's copy (the copies are identical), BatchNorm statistics averaged over
+  devices and workers; written last, so an epoch whose ``.params`` exists is complete;
+* ``PREFIX-%04d.states``: data only, MXNet's NDArray file format (``mx.nd.save`` of a dict):
+  the optimizer-state arrays under ``state:NAME:I`` and one uint8 array ``__meta__`` holding
+  JSON (format, epoch, optimizer, dtype, update counts, the learning-rate policy's state, the
+  layout of each state). ``mx.nd.load`` reads it; nothing in it can run code. Files of the
+  earlier pickle format are refused, never unpickled (``crunet-train convert-states``).
+"""
+import glob
+import json
+import logging
+import os
+import re
+
+import mxnet as mx
+import numpy as np
+
+from symbols.checkpoint import CheckpointError, load_params, params_path, save_params, symbol_path
+
+from ..errors import CLIError
+from ..files import atomic_save
+
+__all__ = ['STATES_FORMAT', 'states_path', 'list_checkpoints', 'latest_checkpoint', 'finite_params',
+           'save_epoch', 'read_states', 'write_states', 'restore_optimizer', 'device_params', 'sync_aux',
+           'set_learning_rate', 'pull_initial_params', 'optimizer_on_servers', 'is_pickle']
+
+STATES_FORMAT = 'crunet-mxnet/optimizer-states/2'
+_META = '__meta__'
+#: first bytes of MXNet's NDArray list files (kMXAPINDArrayListMagic, little endian uint64)
+_NDARRAY_MAGIC = (0x112).to_bytes(8, 'little')
+
+
+def states_path(prefix, epoch):
+    return '%s-%04d.states' % (prefix, epoch)
+
+
+# ----------------------------------------------------------------------------- resume discovery
+def list_checkpoints(prefix):
+    """Epochs N for which ``PREFIX-%04d.params`` exists, newest first."""
+    out = []
+    for path in glob.glob(glob.escape(prefix) + '-*.params'):
+        m = re.fullmatch(re.escape(prefix) + r'-(\d{4,})\.params', path)
+        if m:
+            out.append(int(m.group(1)))
+    return sorted(out, reverse=True)
+
+
+def finite_params(arg_params, aux_params):
+    """The name of the first parameter or auxiliary state holding NaN or Inf, or None."""
+    for params in (arg_params, aux_params):
+        for name in sorted(params):
+            if not np.isfinite(params[name].asnumpy()).all():
+                return name
+    return None
+
+
+def latest_checkpoint(prefix):
+    """The newest epoch under ``prefix`` whose ``.params`` loads and holds only finite values
+    (the symbol file is not needed: the network is rebuilt from the flags), or None. Epochs
+    skipped on the way are named in a warning."""
+    for epoch in list_checkpoints(prefix):
+        path = params_path(prefix, epoch)
+        try:
+            arg, aux = load_params(path)
+        except CheckpointError as exc:
+            logging.warning('--resume: skipping %s: %s', path, exc)
+            continue
+        if not arg:
+            logging.warning('--resume: skipping %s: no parameters in it', path)
+            continue
+        bad = finite_params(arg, aux)
+        if bad is not None:
+            logging.warning('--resume: skipping %s: %s is not finite (NaN/Inf)', path, bad)
+            continue
+        return epoch
+    return None
+
+
+# ----------------------------------------------------------------------------- .states files
+def is_pickle(head):
+    """Whether the first bytes of a file are a pickle (protocol 2 and later start with 0x80)."""
+    return head[:1] == b'\x80'
+
+
+def _flatten(state, arrays, prefix):
+    """Layout of an optimizer state (None, an array, or nested tuples/lists), arrays appended."""
+    if state is None:
+        return None
+    if isinstance(state, mx.nd.NDArray):
+        arrays['%s:%d' % (prefix, len(arrays))] = state.as_in_context(mx.cpu())
+        return {'array': '%s:%d' % (prefix, len(arrays) - 1), 'dtype': np.dtype(state.dtype).name}
+    if isinstance(state, (tuple, list)):
+        return {'tuple': [_flatten(s, arrays, prefix) for s in state]}
+    raise TypeError('optimizer state of type %s cannot be saved' % type(state).__name__)
+
+
+def _unflatten(layout, arrays, path):
+    if layout is None:
+        return None
+    if 'array' in layout:
+        key = layout['array']
+        if key not in arrays:
+            raise CLIError('%s: array %s is missing' % (path, key))
+        return arrays[key]
+    return tuple(_unflatten(s, arrays, path) for s in layout['tuple'])
+
+
+def write_states(path, meta, states):
+    """Write ``states`` ({name: optimizer state}) and ``meta`` (JSON-able) atomically."""
+    arrays, layout = {}, {}
+    for name in sorted(states):
+        sub = {}
+        layout[name] = _flatten(states[name], sub, 'state:%s' % name)
+        arrays.update(sub)
+    blob = dict(meta, format=STATES_FORMAT, layout=layout)
+    arrays[_META] = mx.nd.array(np.frombuffer(json.dumps(blob, sort_keys=True).encode(), np.uint8), dtype='uint8')
+    atomic_save(path, lambda tmp: mx.nd.save(tmp, arrays))
+    return path
+
+
+def read_states(path):
+    """``(meta, states)`` of a ``.states`` file; :class:`CLIError` naming the file when it is not one
+    of this format (a pickle of the earlier format is refused without being read)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CLIError('cannot read %s: %s' % (path, exc.strerror or exc))
+    ways = ('resume with fresh optimizer states by deleting or moving it away, or convert a file you trust '
+            'with: crunet-train convert-states %s --trust-pickle' % path)
+    if is_pickle(head):
+        raise CLIError('%s is in the old pickle format, which is never loaded (it could run code); %s' % (path, ways))
+    if head != _NDARRAY_MAGIC:
+        raise CLIError('%s is not an optimizer-states file of this trainer; %s' % (path, ways))
+    try:
+        arrays = mx.nd.load(path)
+        meta = json.loads(bytes(arrays.pop(_META).asnumpy().astype(np.uint8)).decode())
+    except (mx.base.MXNetError, KeyError, ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise CLIError('cannot read %s: %s; %s' % (path, type(exc).__name__, ways))
+    if not isinstance(meta, dict) or meta.get('format') != STATES_FORMAT:
+        raise CLIError('%s: unknown states format %r; %s' % (path, meta.get('format') if isinstance(meta, dict) else None, ways))
+    layout = meta.get('layout') or {}
+    states = {name: _unflatten(lay, arrays, path) for name, lay in layout.items()}
+    return meta, states
+
+
+# ----------------------------------------------------------------------------- MXNet's private state
+def optimizer_on_servers(mod):
+    """True when the optimizer lives on the parameter servers (``dist_async``): nothing to save."""
+    return mod._update_on_kvstore and getattr(mod._kvstore, '_updater', None) is None
+
+
+def _updater(mod):
+    return mod._kvstore._updater if mod._update_on_kvstore else mod._updater
+
+
+def _num_devices(mod):
+    return 1 if mod._update_on_kvstore else len(mod._context)
+
+
+def set_learning_rate(mod, lr):
+    """Set the rate of the next update (a no-op when the optimizer lives on the servers)."""
+    if not optimizer_on_servers(mod):
+        mod._optimizer.set_learning_rate(lr)
+
+
+def _master_position(opt):
+    """Index of the float32 master copy in the state a multi-precision optimizer creates for a
+    float16 weight (``SGD``/``NAG`` put it last, the base ``Optimizer`` first); None if none."""
+    probe = mx.nd.ones((2,), dtype='float16')
+    try:
+        state = opt.create_state_multi_precision(0, probe)
+    except Exception:                       # optimizers that refuse float16
+        return None
+    if not isinstance(state, (tuple, list)):
+        return None
+    for i, s in enumerate(state):
+        if isinstance(s, mx.nd.NDArray) and s.dtype == np.float32 and s.shape == (2,) and \
+                float(s.asnumpy().min()) == 1.0:
+            return i
+    return None
+
+
+def _states_by_name(mod):
+    """{parameter name: optimizer state} from device 0's updater keys."""
+    updater = _updater(mod)
+    names = mod._exec_group.param_names
+    ndev = _num_devices(mod)
+    out = {}
+    for key, st in updater.states.items():
+        if isinstance(key, str):
+            out[key] = st
+        elif key % ndev == 0:
+            out[names[key // ndev]] = st
+    return out
+
+
+def _counts_by_name(mod):
+    names = mod._exec_group.param_names
+    ndev = _num_devices(mod)
+    counts = {}
+    for per_dev in mod._optimizer._all_index_update_counts.values():
+        for key, c in per_dev.items():
+            name = key if isinstance(key, str) else names[key // ndev]
+            counts[name] = max(counts.get(name, 0), int(c))
+    return counts
+
+
+def device_params(mod):
+    """``(arg_params, aux_params)`` as float32 CPU arrays from one device's copy: the weights
+    (their float32 master copies under float16 multi-precision) and the BatchNorm statistics."""
+    group = mod._exec_group
+    states = _states_by_name(mod) if not optimizer_on_servers(mod) and mod._optimizer.multi_precision else {}
+    pos = _master_position(mod._optimizer) if states else None
+    arg = {}
+    for name, arrs in zip(group.param_names, group.param_arrays):
+        value = arrs[0]
+        st = states.get(name)
+        if pos is not None and value.dtype == np.float16 and isinstance(st, (tuple, list)):
+            value = st[pos]
+        arg[name] = value.astype('float32').as_in_context(mx.cpu())
+    aux = {name: arrs[0].astype('float32').as_in_context(mx.cpu())
+           for name, arrs in zip(group.aux_names, group.aux_arrays)}
+    return arg, aux
+
+
+def mean_aux(mod):
+    """BatchNorm statistics averaged over this worker's devices (float32, CPU)."""
+    group = mod._exec_group
+    out = {}
+    for name, arrs in zip(group.aux_names, group.aux_arrays):
+        total = arrs[0].astype('float32').as_in_context(mx.cpu())
+        for a in arrs[1:]:
+            total = total + a.astype('float32').as_in_context(mx.cpu())
+        out[name] = total / len(arrs)
+    return out
+
+
+def sync_aux(mod, aux_params):
+    """Give every device the BatchNorm statistics that were just checkpointed, so a run that
+    continues and a run resumed from the checkpoint hold the same values."""
+    mod._aux_params.update(aux_params)
+    for name, arrs in zip(mod._exec_group.aux_names, mod._exec_group.aux_arrays):
+        for a in arrs:
+            aux_params[name].astype(a.dtype).copyto(a)
+
+
+def pull_initial_params(mod, kv):
+    """Start every worker of a synchronous cluster from worker 0's initial values (``kv.init``
+    kept them) when the workers update locally."""
+    if kv is None or 'dist' not in kv.type or mod._update_on_kvstore:
+        return
+    for name, arrs in zip(mod._exec_group.param_names, mod._exec_group.param_arrays):
+        kv.pull(name, out=arrs, priority=0)
+
+
+def _convert_state(state, pos_from, pos_to, master):
+    """A state saved with master-copy position ``pos_from`` (None: no master) as one with ``pos_to``."""
+    if pos_from is not None and isinstance(state, (tuple, list)):
+        inner = [s for i, s in enumerate(state) if i != pos_from]
+        state = inner[0] if len(inner) == 1 else tuple(inner)
+    if pos_to is None:
+        return state
+    parts = [state]
+    parts.insert(pos_to, master)
+    return tuple(parts)
+
+
+def restore_optimizer(mod, meta, states, arg_params, dtype, path):
+    """Load ``states``/``meta['update_counts']`` into the module's updater, on every device, the
+    update counts of every device included. States saved by a run of another ``--dtype`` are
+    converted (the float32 master copies come from ``arg_params``). Returns False when the
+    optimizer lives on the servers."""
+    if optimizer_on_servers(mod):
+        return False
+    opt = mod._optimizer
+    if meta.get('optimizer') and meta['optimizer'] != type(opt).__name__:
+        raise CLIError('%s was written by the %s optimizer, this run uses %s (--optimizer)'
+                       % (path, meta['optimizer'], type(opt).__name__))
+    saved_fp16 = meta.get('dtype') == 'float16'
+    pos = _master_position(opt)
+    pos_from = pos if saved_fp16 else None
+    pos_to = pos if (dtype == 'float16' and opt.multi_precision) else None
+    if saved_fp16 != (dtype == 'float16'):
+        logging.info('%s was written by a %s run: optimizer states converted for --dtype %s', path,
+                     meta.get('dtype'), dtype)
+    updater = _updater(mod)
+    names = mod._exec_group.param_names
+    ndev = _num_devices(mod)
+    counts = meta.get('update_counts') or {}
+    new, new_counts = {}, {}
+    for i, name in enumerate(names):
+        if name not in states:
+            continue
+        state = states[name]
+        if pos_from != pos_to:
+            state = _convert_state(state, pos_from, pos_to, arg_params[name].astype('float32'))
+        keys = [name] if mod._update_on_kvstore else [i * ndev + k for k in range(ndev)]
+        for key in keys:
+            new[key] = _copy_state(state)
+            if name in counts:
+                new_counts[key] = int(counts[name])
+    updater.states = new
+    updater.states_synced = dict.fromkeys(new, False)
+    devices = {0} | {c.device_id for c in mod._context}
+    for dev in devices | set(opt._all_index_update_counts):
+        opt._all_index_update_counts[dev] = dict(new_counts)
+    opt._index_update_count = opt._all_index_update_counts[0]
+    opt.num_update = max(new_counts.values()) if new_counts else opt.begin_num_update
+    return True
+
+
+def _copy_state(state):
+    if isinstance(state, mx.nd.NDArray):
+        return state.copy()
+    if isinstance(state, (tuple, list)):
+        return tuple(_copy_state(s) for s in state)
+    return state
+
+
+# ----------------------------------------------------------------------------- one epoch's files
+def save_epoch(mod, prefix, epoch, sym, arg_params, aux_params, schedule_state, dtype):
+    """Write one epoch's files atomically, ``.params`` last (its presence marks completeness)."""
+    atomic_save(symbol_path(prefix), lambda tmp: sym.save(tmp))
+    if not optimizer_on_servers(mod):
+        meta = dict(epoch=epoch, optimizer=type(mod._optimizer).__name__, dtype=dtype,
+                    update_counts=_counts_by_name(mod), schedule=schedule_state)
+        write_states(states_path(prefix, epoch), meta, _states_by_name(mod))
+    save_params(params_path(prefix, epoch), arg_params, aux_params)
+    logging.info('Saved checkpoint to "%s"', params_path(prefix, epoch))
