@@ -20,6 +20,7 @@ import numpy as np
 from symbols.blocks import parse_shape
 from symbols.checkpoint import check_params, inference_symbol, mean_max_symbol
 
+from .data import recordio
 from .errors import CLIError, error_line
 
 __all__ = ['deploy_symbol', 'Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches',
@@ -108,7 +109,7 @@ def ten_crop_batches(rec_path, image_shape, batch_size, resize=256, mean=(124, 1
                      scale=0.0167, inter_method=2, max_images=None):
     """Yield ``(data, labels)``: ``data`` ``(10 n, C, H, W)`` (the 10 crops of image i are rows
     ``10 i .. 10 i + 9``), ``labels`` ``(n,)``, ``n <= batch_size`` images per batch, read in
-    file order from ``rec_path`` (decoded and resized like ImageRecordIter: shorter side to
+    index order from ``rec_path`` and its ``.idx`` (the order of the centre-crop path; decoded and resized like ImageRecordIter: shorter side to
     ``resize`` with ``inter_method``; ``C`` 1: grayscale, normalised with the first mean/std). A
     record that does not decode raises :class:`crunet.errors.CLIError` naming the file and record."""
     c, h, w = parse_shape(image_shape)
@@ -116,28 +117,19 @@ def ten_crop_batches(rec_path, image_shape, batch_size, resize=256, mean=(124, 1
         raise ValueError('--resize-val %d is smaller than the crop %dx%d' % (resize, h, w))
     if c == 1:
         mean, std = tuple(mean)[:1], tuple(std)[:1]
-    reader = mx.recordio.MXRecordIO(rec_path, 'r')
     images, labels, count = [], [], 0
-    try:
-        while max_images is None or count < max_images:
-            offset = reader.tell()
-            payload = reader.read()
-            if payload is None:
-                break
-            where = '%s: record %d (offset %d)' % (rec_path, mx.recordio.unpack(payload)[0].id, offset)
-            img, label = _decode(payload, resize, inter_method, c, where)
-            if img.ndim == 2:
-                img = img[:, :, None]
-            images.append(ten_crops(img, h, w))
-            labels.append(label)
-            count += 1
-            if len(labels) == batch_size:
-                yield normalise(np.concatenate(images), mean, std, scale), np.array(labels)
-                images, labels = [], []
-        if labels:
+    for key, payload in recordio.iter_payloads(rec_path, limit=max_images):
+        img, label = _decode(payload, resize, inter_method, c, '%s: record %s' % (rec_path, key))
+        if img.ndim == 2:
+            img = img[:, :, None]
+        images.append(ten_crops(img, h, w))
+        labels.append(label)
+        count += 1
+        if len(labels) == batch_size:
             yield normalise(np.concatenate(images), mean, std, scale), np.array(labels)
-    finally:
-        reader.close()
+            images, labels = [], []
+    if labels:
+        yield normalise(np.concatenate(images), mean, std, scale), np.array(labels)
 
 
 def centre_crop_batches(val_iter, max_images=None):

@@ -132,7 +132,7 @@ def test_missing_files_and_bad_json(tmp_path):
         load_symbol(str(bad))
     proc = subprocess.run([sys.executable, '-m', 'symbols.export', 'convert', str(bad), str(tmp_path / 'x.json')],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 1 and proc.stderr.startswith('error:') and proc.stderr.count('\n') == 1
+    assert proc.returncode == 2 and proc.stderr.startswith('error:') and proc.stderr.count('\n') == 1
 
 
 def test_channelwise_without_num_group_and_fork_attributes(tmp_path):

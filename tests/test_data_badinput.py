@@ -38,14 +38,8 @@ def one_line_error(r, *needles):
 
 
 def make_args(**over):
-    p = argparse.ArgumentParser()
-    cd.add_data_args(p)
-    cd.add_data_aug_args(p)
-    a = p.parse_args(['--image-shape', '3,16,16', '--resize-val', '16', '--data-nthreads', '1'])
-    a.batch_size, a.seed = 2, 0
-    for k, v in over.items():
-        setattr(a, k, v)
-    return a
+    return cd.data_args(**dict(dict(image_shape='3,16,16', resize_val=16, data_nthreads=1, batch_size=2, seed=0),
+                               **over))
 
 
 def write_rec(prefix, payloads):
@@ -151,10 +145,9 @@ def test_undecodable_record_past_the_checks_is_a_clean_error(good, tmp_path):
     """With the up-front check off, a non-image record reaches MXNet: still one DataError line, no abort."""
     rec = write_rec(str(tmp_path / 'late'), [recordio.pack_header(0, i) + (jpeg(i) if i != 3 else b'garbage' * 9)
                                              for i in range(4)])
-    code = ('import argparse, sys\nfrom crunet.data import iterators as cd\n'
-            'p = argparse.ArgumentParser(); cd.add_data_args(p); cd.add_data_aug_args(p)\n'
-            'a = p.parse_args(["--data-train", %r, "--data-check", "none", "--image-shape", "3,16,16", '
-            '"--data-nthreads", "1"]); a.batch_size = 4; a.seed = 0\n'
+    code = ('import sys\nfrom crunet.data import iterators as cd\n'
+            'a = cd.data_args(data_train=%r, data_check="none", image_shape="3,16,16", data_nthreads=1, '
+            'batch_size=4, seed=0)\n'
             'try:\n    it, _ = cd.get_rec_iter(a); [b for b in it]\nexcept cd.DataError as e:\n'
             '    sys.stderr.write("error: %%s\\n" %% e); sys.exit(3)\n' % rec)
     r = run_cli(['-c', code])

@@ -58,14 +58,7 @@ def pack_images(prefix, images, labels=None, ext='.png'):
 
 
 def make_args(**over):
-    p = argparse.ArgumentParser()
-    cd.add_data_args(p)
-    cd.add_data_aug_args(p)
-    a = p.parse_args([])
-    a.batch_size, a.seed, a.data_nthreads = 8, 1, 2
-    for k, v in over.items():
-        setattr(a, k, v)
-    return a
+    return cd.data_args(**dict(dict(batch_size=8, seed=1, data_nthreads=2), **over))
 
 
 RAW = dict(rgb_mean='0,0,0', rgb_std='1,1,1', scale=1.0)        # pixels out as they are

@@ -284,12 +284,7 @@ def test_demo_set_is_real_deterministic_and_fast(tmp_path):
         assert int(lab[0]) == int(rel.split('/')[0]) == target[int(rel.split('/')[1][:4])]
     # and the validation iterator reads every record once
     from crunet.data import iterators as cd
-    import argparse
-    p = argparse.ArgumentParser()
-    cd.add_data_args(p)
-    cd.add_data_aug_args(p)
-    a = p.parse_args(['--data-val', info['val'], '--image-shape', '3,32,32', '--resize-val', '32'])
-    a.batch_size, a.num_classes = 64, 10
+    a = cd.data_args(data_val=info['val'], image_shape='3,32,32', resize_val=32, batch_size=64, num_classes=10)
     val = cd.get_val_iter(a)
     got = sum(b.data[0].shape[0] - b.pad for b in val)
     assert got == 359

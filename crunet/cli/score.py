@@ -93,14 +93,20 @@ def build_parser():
 
 
 def training_args(prefix):
-    """The flags a training run recorded in ``PREFIX-args.json`` (empty when there is none)."""
+    """The flags a training run recorded in ``PREFIX-args.json`` (empty when there is none); a file
+    that is there but is not a JSON object is an error naming it (it is never guessed around)."""
     path = prefix + '-args.json'
-    try:
-        with open(path) as f:
-            found = json.load(f)
-    except (OSError, ValueError):
+    if not os.path.exists(path):
         return {}
-    return found if isinstance(found, dict) else {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            found = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CLIError('%s: not the JSON file of a training run (%s); move it away to score with the '
+                       'released models\' preprocessing' % (path, type(exc).__name__))
+    if not isinstance(found, dict):
+        raise CLIError('%s: expected a JSON object of flags, found %s' % (path, type(found).__name__))
+    return found
 
 
 def resolve(args):

@@ -135,8 +135,13 @@ def main(argv=None):
 
 
 def run(argv=None):
-    """``main`` under the project's exit-code convention (:mod:`crunet.errors`)."""
+    """``main`` under the project's exit-code convention (:mod:`crunet.errors`);
+    ``crunet-train convert-states ...`` runs :mod:`crunet.train.convert`."""
     import symbols
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['convert-states']:
+        from ..train import convert
+        return convert.run(argv[1:])
     cli_main(main, argv, user_errors=(symbols.ChoiceError,))
     return 0
 

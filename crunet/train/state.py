@@ -70,9 +70,14 @@ def finite_params(arg_params, aux_params):
 def latest_checkpoint(prefix):
     """The newest epoch under ``prefix`` whose ``.params`` loads and holds only finite values
     (the symbol file is not needed: the network is rebuilt from the flags), or None. Epochs
-    skipped on the way are named in a warning."""
+    skipped on the way (a torn or non-finite file) are named in a warning; a pickle where a
+    ``.params`` should be is refused (:class:`CLIError`), never skipped over silently."""
     for epoch in list_checkpoints(prefix):
         path = params_path(prefix, epoch)
+        with open(path, 'rb') as f:
+            if is_pickle(f.read(1)):
+                raise CLIError('%s is a pickle, not an MXNet params file; it is never loaded (it could run '
+                               'code): move it away to resume from the epoch before' % path)
         try:
             arg, aux = load_params(path)
         except CheckpointError as exc:
