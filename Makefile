@@ -4,9 +4,10 @@
 # make install MXNET=cu117 the same with MXNet's CUDA 11.7 build and the CUDA 11 libraries from pip
 #                          (nvidia-*-cu11); MXNET=gpu is the same, MXNET=cu112 the CUDA 11.2 build.
 #                          GPUs of compute capability 5.0 to 8.9 (Maxwell to Ada), not Hopper: README, "GPUs"
-# make test-gpu   the tests marked gpu (they skip where no usable GPU is present)
+# make test-gpu   the tests marked gpu on the CUDA build (cu117 unless MXNET=cu112): they skip
+#                 where no GPU the build can drive is present
 # make gpu-install-check   install mxnet-cu117 and the nvidia-*-cu11 packages in a scratch venv
-#                          ($(GPU_VENV)), load the libraries as the commands do and ldd libmxnet.so
+#                          (/tmp/cu117-venv), load the libraries as the commands do and ldd libmxnet.so
 # make bench      training/scoring throughput against the peers (installs the bench extra)
 # make imagenet IMAGENET=/data/ILSVRC2012, make places365 PLACES365=/data/places365: pack RecordIO
 PYTHON ?= python3.11
@@ -36,7 +37,7 @@ $(PY):
 $(STAMP): setup.py constraints.txt | $(PY)
 	@case "$(BUILD)" in cpu|cu112|cu117) ;; *) echo "MXNET must be cpu, cu112, cu117 or gpu (= cu117), not '$(MXNET)'" >&2; exit 2;; esac
 	-$(PIP) uninstall -q -y $(filter-out $(MXNET_DIST),$(MXNET_DISTS)) 2>/dev/null
-	$(PIP) install -q -c constraints.txt -e ".[$(BUILD),test]"
+	$(PIP) install -q -c constraints.txt -e ".[$(BUILD),test,onnx]"
 	$(PIP) install -q --no-deps -c constraints.txt $(ORT)
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -52,9 +53,10 @@ graphviz:
 test: install graphviz
 	$(PY) -m pytest -q tests
 
-# exit status 5 (no test collected) fails like any other: the gpu tests are collected and skip
-# themselves where no usable GPU is present
-test-gpu: install
+# on the CUDA build MXNET names (cu117 when MXNET is cpu); exit status 5 (no test collected) fails
+# like any other: the gpu tests are collected and skip themselves where no usable GPU is present
+test-gpu:
+	$(MAKE) install MXNET=$(if $(filter cpu,$(BUILD)),cu117,$(BUILD))
 	$(PY) -m pytest -q -m gpu tests/test_gpu.py
 
 gpu-install-check:

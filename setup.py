@@ -47,9 +47,14 @@ setup(
         'cu112': ['mxnet-cu112==1.9.1'] + CUDA11_LIBRARIES,
         'cu117': ['mxnet-cu117==1.9.1'] + CUDA11_LIBRARIES,
         'gpu': ['mxnet-cu117==1.9.1'] + CUDA11_LIBRARIES,
-        # MXNet 1.9.1's ONNX exporter imports onnx.mapping (gone in onnx 1.19) and needs protobuf 3
+        # MXNet 1.9.1's ONNX exporter imports onnx.mapping (gone in onnx 1.19) and needs protobuf 3.
+        # onnxruntime (to verify the export) is not listed: its first Python 3.11 release, 1.15.0,
+        # declares numpy>=1.24.2 (as do all later ones) while mxnet needs numpy<1.24; 1.15.0 runs on
+        # numpy 1.23.5, so install it without its dependencies (the Makefile does):
+        #   pip install --no-deps onnxruntime==1.15.0 coloredlogs humanfriendly flatbuffers sympy 'mpmath<1.4'
         'onnx': ['onnx>=1.10,<1.15', 'protobuf>=3.20,<4'],
-        'test': ['pytest'],
+        'test': ['pytest', 'tensorboardX>=2.6'],     # tests/test_train_recipe.py reads --tensorboard's events
+        'tensorboard': ['tensorboardX>=2.6'],       # --tensorboard DIR (TensorBoard events writer)
         # peers for bench/ only
         'bench': ['gluoncv==0.10.5.post0', 'gluoncv2==0.0.64', 'pandas'],
     },

@@ -94,8 +94,8 @@ def measure_decode(blobs, nthreads):
 
 
 def _args(rec, nthreads, batch_size, image_shape, **over):
-    from crunet.data import iterators as cd
-    return cd.data_args(data_train=rec, data_nthreads=nthreads, image_shape=image_shape, batch_size=batch_size,
+    from crunet.data import flags as dflags
+    return dflags.data_args(data_train=rec, data_nthreads=nthreads, image_shape=image_shape, batch_size=batch_size,
                         seed=0, **over)
 
 
@@ -150,15 +150,15 @@ CASES = [
 def run(rec=None, nthreads=2, num_images=512, batch_size=32, repeat=3, breakdown=True, image_shape='3,224,224',
         log=print):
     """Run the benchmark; returns a dict with images/s per pipeline and the ratio."""
-    from crunet.data import iterators as cd
+    from crunet.data import checks as dchecks
     tmp = None
     try:
         if not rec:
             tmp = tempfile.mkdtemp(prefix='io_speed_')
             log('writing %d synthetic 500x375 JPEGs to %s ...' % (num_images, tmp))
             rec = synthetic_rec(os.path.join(tmp, 'synthetic'), num_images)
-        total = cd.check_recordio(rec)
-        iter_threads = cd.effective_threads(nthreads)
+        total = dchecks.check_recordio(rec)
+        iter_threads = dchecks.effective_threads(nthreads)
         if iter_threads < nthreads:
             log('ImageRecordIter uses %d decode thread(s) here, not %d (MXNet caps them at max(CPUs/2 - 1, 1)); '
                 'the cv2 pool gets the same %d' % (iter_threads, nthreads, iter_threads))
@@ -221,7 +221,7 @@ def main(argv=None):
                    help='also time the iterator without HSL noise and the validation pipeline')
     p.add_argument('--json', default=None, help='write the result as JSON to this file')
     a = p.parse_args(argv)
-    from crunet.data.iterators import DataError
+    from crunet.data.checks import DataError
     try:
         r = run(a.data_train, a.data_nthreads, a.num_images, a.batch_size, a.repeat, bool(a.breakdown),
                 a.image_shape, log=lambda m: sys.stderr.write(m + '\n'))

@@ -49,14 +49,14 @@ def parse_gpus(spec, available=None):
     if not ids:
         return ids
     if available is None:
-        from . import gpu
-        build = gpu.mxnet_build()
+        from . import cudabuild, gpu
+        build = cudabuild.mxnet_build()
         if not build.cuda:
             raise CLIError('--gpus %s: this MXNet build sees no GPU (%s %s is the CPU build: its '
                            'libmxnet.so holds no CUDA code); leave --gpus empty to run on the CPU, or '
                            'install a CUDA build (make install MXNET=cu117, or pip install -e .[cu117])'
                            % (spec, build.distribution, build.version))
-        gpu.preload_cuda_libraries(build.library)   # a missing library or driver: one line
+        cudabuild.preload_cuda_libraries(build.library)   # a missing library or driver: one line
         gpu.check_gpus(ids, spec, build)
         return ids
     if available == 0:

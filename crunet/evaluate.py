@@ -98,7 +98,8 @@ def _decode(payload, resize, inter_method, channels=3, where='record'):
         img = mx.image.imdecode(img_bytes, flag=1 if channels == 3 else 0, to_rgb=1)
         img.wait_to_read()
     except mx.base.MXNetError as exc:
-        raise CLIError('%s: the image (%d bytes) does not decode (%s)' % (where, len(img_bytes), error_line(exc))) from None
+        raise CLIError('%s: the image (%d bytes) does not decode (%s)'
+                       % (where, len(img_bytes), error_line(exc))) from None
     if resize:
         img = mx.image.resize_short(img, resize, interp=inter_method)
     label = header.label if np.isscalar(header.label) else header.label[0]
@@ -109,9 +110,10 @@ def ten_crop_batches(rec_path, image_shape, batch_size, resize=256, mean=(124, 1
                      scale=0.0167, inter_method=2, max_images=None):
     """Yield ``(data, labels)``: ``data`` ``(10 n, C, H, W)`` (the 10 crops of image i are rows
     ``10 i .. 10 i + 9``), ``labels`` ``(n,)``, ``n <= batch_size`` images per batch, read in
-    index order from ``rec_path`` and its ``.idx`` (the order of the centre-crop path; decoded and resized like ImageRecordIter: shorter side to
-    ``resize`` with ``inter_method``; ``C`` 1: grayscale, normalised with the first mean/std). A
-    record that does not decode raises :class:`crunet.errors.CLIError` naming the file and record."""
+    index order from ``rec_path`` and its ``.idx`` (the order of the centre-crop path), decoded
+    and resized like ImageRecordIter (shorter side to ``resize`` with ``inter_method``; ``C`` 1:
+    grayscale, normalised with the first mean/std). A record that does not decode raises
+    :class:`crunet.errors.CLIError` naming the file and record."""
     c, h, w = parse_shape(image_shape)
     if resize and resize < max(h, w):
         raise ValueError('--resize-val %d is smaller than the crop %dx%d' % (resize, h, w))

@@ -17,7 +17,6 @@ MXNet version and ``DNNL_MAX_CPU_ISA``) in ``~/.cache/crunet/isa.json`` (``$XDG_
 respected). Where oneDNN cannot be asked, the ``/proc/cpuinfo`` flags give the same answer the way
 oneDNN 2.4 would (``DNNL_MAX_CPU_ISA`` applied as oneDNN applies it: upper-case names only).
 """
-import argparse
 import hashlib
 import json
 import os
@@ -345,7 +344,8 @@ def autotune(environ=None, cache=None, refresh=False, timeout=300):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m crunet.isa', description=__doc__.split('\n\n')[0])
+    from .cli import ArgParser
+    p = ArgParser(prog='python -m crunet.isa', description=__doc__.split('\n\n')[0])
     p.add_argument('--refresh', action='store_true', help='ask oneDNN again instead of using the cache')
     p.add_argument('--autotune', action='store_true',
                    help='also time plain/blockdiag8/blockdiag16 on a conv2 unit here (~20 s) and cache the fastest')
@@ -368,4 +368,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from .errors import cli_main
+    sys.exit(cli_main(main))

@@ -15,24 +15,82 @@ Every process runs the same command with the DMLC environment (``DMLC_ROLE``,
 The launcher watches every process it started. When one fails (non-zero exit, or killed), it
 stops all the others (their whole process groups: SIGTERM, then SIGKILL) and exits non-zero
 within seconds; it never waits on a dead peer. When all workers succeed it waits briefly for the
-scheduler and servers to finish, then exits 0.
+scheduler and servers to finish, then exits 0. The launcher itself stopped by SIGINT, SIGTERM or
+SIGHUP (a closed terminal, a dropped ssh session) stops every process it started first (exit
+128 + the signal); killed with SIGKILL, its children receive SIGTERM from the kernel (Linux
+``PR_SET_PDEATHSIG``).
+
+Frozen processes: ps-lite waits for a peer that stopped answering forever, so a process that
+stays stopped (``SIGSTOP``/``SIGTSTP``, state ``T`` in ``/proc/PID/stat``) for
+``--frozen-timeout`` seconds (default 30; 0: never) stops the job with a line naming it (role,
+rank, pid) and exit status 1. ``--stall-timeout SECONDS`` (default 0: off) also stops a job in
+which no process it started here has used any CPU time for that long (a deadlock). Both see the
+processes of this machine: in ``ssh`` mode the scheduler and the ssh clients, not the remote
+processes.
+
+Bad input is one line ``error: ...`` and exit status 2: a program that does not exist, a
+``--port`` already in use, a bad hosts file.
 
 ``--launcher ssh``: the scheduler runs here; servers and workers are spread round-robin over the
 hosts of ``-H`` (one per line: ``host``, ``user@host`` or ``host:ssh_port``), each started with
 ``ssh HOST 'export DMLC_...; cd DIR; COMMAND'``. ``DIR`` is ``--sync-dst-dir`` (the current
 directory is rsync'ed there first) or the current directory's path, which must then exist on
 every host (a shared file system). Data files must be readable at the same path on every host.
+The remote processes get this environment's ``DMLC_*``, ``PS_*``, ``MXNET_*``, ``OMP_*``,
+``NCCL_*``, ``LD_LIBRARY_PATH`` and ``CUDA_VISIBLE_DEVICES`` variables and those of ``--env
+NAME[=VALUE]``; ``--dry-run`` prints them.
 """
 import argparse
+import errno
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 
-FORWARD_PREFIXES = ('DMLC_', 'PS_', 'MXNET_', 'OMP_')
+from .cli import ArgParser
+from .cluster import Cluster, JobStartError, error_line_out
+
+#: variables of this environment the ssh launcher passes to the remote processes
+FORWARD_PREFIXES = ('DMLC_', 'PS_', 'MXNET_', 'OMP_', 'NCCL_')
+FORWARD_NAMES = ('LD_LIBRARY_PATH', 'CUDA_VISIBLE_DEVICES')
+#: signals that stop the launcher and, first, every process it started
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def forwarded_env(environ=None):
+    """The variables of ``environ`` (default: this process's) that the ssh launcher forwards."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
+
+
+def check_port(port, host):
+    """``None`` if ``port`` can be bound on ``host``, else why not (one line)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, port))
+        return None
+    except OverflowError:
+        return 'not a port number (1-65535)'
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return 'already in use on %s' % host
+        return 'cannot be bound on %s (%s)' % (host, err.strerror or err)
+    finally:
+        s.close()
+
+
+def find_program(name):
+    """``None`` if ``name`` can be run here (a path to an executable file, or on PATH), else why not."""
+    if os.sep in name:
+        if not os.path.isfile(name):
+            return 'no such file'
+        if not os.access(name, os.X_OK):
+            return 'not executable'
+        return None
+    return None if shutil.which(name) else 'not found on PATH'
 
 
 def free_port(host='127.0.0.1'):
@@ -143,7 +201,7 @@ def ssh_jobs(command, num_servers, num_workers, hosts, root_uri=None, port=None,
     root_uri = root_uri or this_host_ip(hosts[0][0].rpartition('@')[2])
     port = port or free_port('0.0.0.0')
     workdir = workdir or os.getcwd()
-    forward = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIXES)}
+    forward = forwarded_env()
     forward.update(extra_env or {})
     if interface:
         forward['DMLC_INTERFACE'] = interface
@@ -180,68 +238,8 @@ def sync_dir(hosts, local_dir, dst_dir):
 
 
 # ----------------------------------------------------------------------------- running
-class Cluster(object):
-    def __init__(self, jobs, log=None, kill_grace=3.0):
-        self.jobs = jobs
-        self.procs = []
-        self.log = log or (lambda msg: sys.stderr.write('launch.py: %s\n' % msg))
-        self.kill_grace = kill_grace
-
-    def start(self):
-        for name, argv, env in self.jobs:
-            p = subprocess.Popen(argv, env=env, start_new_session=True)
-            self.procs.append((name, p))
-
-    def stop(self, sig=signal.SIGTERM):
-        """Stop every process group still running: ``sig``, then SIGKILL after the grace period."""
-        alive = [(n, p) for n, p in self.procs if p.poll() is None]
-        for _, p in alive:
-            _killpg(p, sig)
-        deadline = time.time() + self.kill_grace
-        while time.time() < deadline and any(p.poll() is None for _, p in alive):
-            time.sleep(0.05)
-        for _, p in self.procs:
-            _killpg(p, signal.SIGKILL)       # the group may hold children of a finished leader
-        for _, p in alive:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def wait(self, finish_timeout=30.0, poll=0.1):
-        """Monitor until the workers finish (0) or any process fails (its code, non-zero)."""
-        workers = [(n, p) for n, p in self.procs if n.startswith('worker')]
-        workers_done_at = None
-        while True:
-            for name, p in self.procs:
-                rc = p.poll()
-                if rc is not None and rc != 0:
-                    how = 'killed by signal %d' % -rc if rc < 0 else 'exited with code %d' % rc
-                    self.log('%s (pid %d) %s; stopping the other processes' % (name, p.pid, how))
-                    self.stop()
-                    return rc if rc > 0 else 128 - rc
-            if all(p.poll() == 0 for _, p in workers):
-                if all(p.poll() is not None for _, p in self.procs):
-                    return 0
-                if workers_done_at is None:
-                    workers_done_at = time.time()
-                elif time.time() - workers_done_at > finish_timeout:
-                    self.log('workers finished; scheduler/servers still running after %.0f s: stopping them'
-                             % finish_timeout)
-                    self.stop()
-                    return 0
-            time.sleep(poll)
-
-
-def _killpg(p, sig):
-    try:
-        os.killpg(p.pid, sig)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
 def build_parser():
-    p = argparse.ArgumentParser(description='Launch a distributed (ps-lite) MXNet job',
+    p = ArgParser(description='Launch a distributed (ps-lite) MXNet job',
                                 usage='%(prog)s -n WORKERS [-s SERVERS] [--launcher local|ssh] [-H HOSTFILE] command ...')
     p.add_argument('-n', '--num-workers', required=True, type=int, help='number of worker processes')
     p.add_argument('-s', '--num-servers', type=int, default=None, help='number of servers (default: as many as workers)')
@@ -249,71 +247,129 @@ def build_parser():
     p.add_argument('-H', '--hostfile', type=str, help='ssh: file with one host per line')
     p.add_argument('--sync-dst-dir', type=str, help='ssh: rsync the current directory to this path on every host '
                                                     'and run there')
-    p.add_argument('--env', action='append', default=[], help='NAME or NAME=VALUE forwarded to every process')
+    p.add_argument('--env', action='append', default=[], metavar='NAME[=VALUE]',
+                   help='forwarded to every process (NAME alone: its value here)')
     p.add_argument('--port', type=int, default=None, help='scheduler port (default: a free one)')
     p.add_argument('--host-ip', type=str, default=None, help='ssh: address of this host as the workers see it')
     p.add_argument('--interface', type=str, default=None, help='ssh: network interface for ps-lite (DMLC_INTERFACE)')
     p.add_argument('--no-tty', action='store_true', help='ssh: do not allocate a remote tty (-tt)')
     p.add_argument('--finish-timeout', type=float, default=30.0,
                    help='seconds to wait for scheduler/servers after all workers succeeded')
+    p.add_argument('--frozen-timeout', type=float, default=30.0,
+                   help='stop the job when one of its processes stays stopped (SIGSTOP, state T) this many '
+                        'seconds (0: never)')
+    p.add_argument('--stall-timeout', type=float, default=0.0,
+                   help='stop the job when none of its processes here used CPU time for this many seconds '
+                        '(0, the default: never)')
     p.add_argument('--dry-run', action='store_true', help='print the commands instead of running them')
     p.add_argument('command', nargs=argparse.REMAINDER, help='the command every process runs')
     return p
 
 
-def main(argv=None):
-    p = build_parser()
-    args = p.parse_args(argv)
-    command = args.command
-    if command and command[0] == '--':
-        command = command[1:]
+class _Refused(Exception):
+    """A bad flag or command: one ``error:`` line, exit 2."""
 
-    def fail(msg):
-        sys.stderr.write('error: %s\n' % msg)
-        return 2
 
+def _checked_flags(args):
+    """``(command, num_servers)`` of valid flags; :class:`_Refused` naming the flag otherwise."""
+    command = args.command[1:] if args.command and args.command[0] == '--' else args.command
     if not command:
-        return fail('no command to launch')
+        raise _Refused('no command to launch')
     if args.num_workers < 1:
-        return fail('-n must be at least 1')
+        raise _Refused('-n must be at least 1')
     num_servers = args.num_servers if args.num_servers is not None else args.num_workers
     if num_servers < 1:
-        return fail('-s must be at least 1')
-    extra = parse_env_flags(args.env)
+        raise _Refused('-s must be at least 1')
+    for flag in ('finish_timeout', 'frozen_timeout', 'stall_timeout'):
+        value = getattr(args, flag)
+        if not value >= 0:
+            raise _Refused('--%s must be 0 or more seconds, not %r' % (flag.replace('_', '-'), value))
+    for item in args.env:
+        name = item.partition('=')[0]
+        if not name or not (name[0].isalpha() or name[0] == '_') or not name.replace('_', 'a').isalnum():
+            raise _Refused('--env %r: not NAME or NAME=VALUE with a variable name' % item)
+    if not args.dry_run:
+        why = find_program(command[0])
+        if why:
+            raise _Refused('cannot run %r: %s' % (command[0], why))
+    if args.port is not None and not args.dry_run:
+        why = check_port(args.port, '127.0.0.1' if args.launcher == 'local' else '0.0.0.0')
+        if why:
+            raise _Refused('--port %d: %s; pick another or leave --port out (a free port)' % (args.port, why))
+    return command, num_servers
+
+
+def _jobs(args, command, num_servers, extra):
+    """The (name, argv, env) of every process, local or over ssh (the folder synced first)."""
     if args.launcher == 'local':
-        jobs = local_jobs(command, num_servers, args.num_workers, args.port, extra)
-    else:
-        if not args.hostfile:
-            return fail('--launcher ssh needs -H HOSTFILE')
+        return local_jobs(command, num_servers, args.num_workers, args.port, extra)
+    if not args.hostfile:
+        raise _Refused('--launcher ssh needs -H HOSTFILE')
+    try:
+        hosts = parse_hostfile(args.hostfile)
+    except (OSError, ValueError) as exc:
+        raise _Refused('-H %s: %s' % (args.hostfile, exc))
+    workdir = args.sync_dst_dir or os.getcwd()
+    root_uri = args.host_ip or this_host_ip(hosts[0][0].rpartition('@')[2])
+    remote = [h for h, _ in hosts if h.rpartition('@')[2] not in ('localhost', '127.0.0.1', '::1')]
+    if root_uri.startswith('127.') and remote and not args.dry_run:
+        raise _Refused('--launcher ssh: the address of this host that %s would use is %s (loopback); pass '
+                       '--host-ip ADDRESS' % (remote[0], root_uri))
+    jobs = ssh_jobs(command, num_servers, args.num_workers, hosts, root_uri, args.port, workdir,
+                    extra, args.interface, tty=not args.no_tty)
+    if args.sync_dst_dir and not args.dry_run:
         try:
-            hosts = parse_hostfile(args.hostfile)
-        except (OSError, ValueError) as exc:
-            return fail('-H %s: %s' % (args.hostfile, exc))
-        workdir = args.sync_dst_dir or os.getcwd()
-        jobs = ssh_jobs(command, num_servers, args.num_workers, hosts, args.host_ip, args.port, workdir,
-                        extra, args.interface, tty=not args.no_tty)
-        if args.sync_dst_dir and not args.dry_run:
-            try:
-                sync_dir(hosts, os.getcwd(), args.sync_dst_dir)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                return fail('--sync-dst-dir: %s' % exc)
-    if args.dry_run:
-        for name, argv_, env in jobs:
-            dm = ' '.join('%s=%s' % (k, env[k]) for k in sorted(env) if k.startswith('DMLC_')) \
-                if args.launcher == 'local' or name == 'scheduler' else ''
-            print('%-12s %s%s' % (name, dm + ' ' if dm else '', ' '.join(shlex.quote(a) for a in argv_)))
-        return 0
+            sync_dir(hosts, os.getcwd(), args.sync_dst_dir)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise _Refused('--sync-dst-dir: %s' % exc)
+    return jobs
 
-    cluster = Cluster(jobs)
 
+def _print_jobs(args, jobs, extra):
+    shown = set(extra) | set(forwarded_env())
+    for name, argv_, env in jobs:
+        dm = ' '.join('%s=%s' % (k, shlex.quote(env[k])) for k in sorted(env)
+                      if k.startswith('DMLC_') or k in shown) \
+            if args.launcher == 'local' or name == 'scheduler' else ''
+        print('%-12s %s%s' % (name, dm + ' ' if dm else '', ' '.join(shlex.quote(a) for a in argv_)))
+
+
+def _stop_on_signals(cluster):
+    """SIGHUP, SIGTERM, SIGINT: stop every process group once, exit 128 + the signal."""
     def on_signal(signum, frame):
-        cluster.log('received signal %d; stopping the cluster' % signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # one stop, however many signals follow
+        cluster.log('received signal %d (%s); stopping the cluster' % (signum, signal.Signals(signum).name))
         cluster.stop()
-        sys.exit(128 + signum)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    cluster.start()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        command, num_servers = _checked_flags(args)
+        extra = parse_env_flags(args.env)
+        jobs = _jobs(args, command, num_servers, extra)
+        if args.dry_run:
+            _print_jobs(args, jobs, extra)
+            return 0
+        cluster = Cluster(jobs, frozen_timeout=args.frozen_timeout, stall_timeout=args.stall_timeout)
+        _stop_on_signals(cluster)
+        try:
+            cluster.start()
+        except JobStartError as exc:
+            raise _Refused(exc)
+    except _Refused as exc:
+        error_line_out(exc)
+        return 2
     return cluster.wait(args.finish_timeout)
 
 

@@ -72,8 +72,8 @@ def configure(environ=None, **overrides):
     it off (MXNet's stock behaviour, for comparisons)."""
     environ = os.environ if environ is None else environ
     if environ is os.environ:
-        from . import gpu
-        gpu.prepare_mxnet_import()  # CUDA wheels: load their nvidia-* libraries (no-op on the CPU build)
+        from . import cudabuild
+        cudabuild.prepare_mxnet_import()  # CUDA wheels: load their nvidia-* libraries (no-op on the CPU build)
     if environ.get('CRUNET_PERF_DEFAULTS', '1') == '0':
         return {}
     if environ is os.environ and 'mxnet' in sys.modules:

@@ -19,13 +19,13 @@
 # Environment: NUM_THREAD (default: all CPUs), TRAIN_RESIZE (480: shorter side reduced to 480 when
 # longer; 0 keeps every original), VAL_RESIZE (256; 0 keeps originals, so that the iterator's own bicubic
 # resize to 256 is the only one -- the released models' exact preprocessing), QUALITY (95, JPEG quality
-# of re-encoded images), SEED (0, list order), PYTHON (default: .venv/bin/python if present, else python3).
+# of re-encoded images), SEED (0, list order), PYTHON (default: .venv/bin/python if present, else the python3 on PATH; it must have crunet installed).
 # Images that need no change keep their own bytes; grayscale/CMYK/PNG-in-disguise ones are re-encoded.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)        # data/ in the repository, crunet/recipes when installed
 
-. data/recipe_env.sh
-recipe_env imagenet.sh runs/data/imagenet 23 "data/$(basename "$0")" "$@"
+. "$HERE/recipe_env.sh"
+recipe_env imagenet.sh runs/data/imagenet 23 "$0" "$@"
 
 if [ -z "${TRAIN_DIR:-}" ]; then
   for d in "$ROOT/train" "$ROOT/ILSVRC/Data/CLS-LOC/train" "$ROOT/ILSVRC2012_img_train"; do

@@ -15,13 +15,13 @@
 #
 # Environment: SIZE (large or 256; default: large if data_large/ exists), TRAIN_DIR / VAL_DIR (image
 # folders, overriding SIZE), NUM_THREAD (all CPUs), TRAIN_RESIZE (480), VAL_RESIZE (256; 0 keeps the
-# originals), QUALITY (95), SEED (0, list order), PYTHON (default .venv/bin/python if present).
+# originals), QUALITY (95), SEED (0, list order), PYTHON (default: .venv/bin/python if present, else the python3 on PATH).
 # The 256x256 images need no resize: they keep their own bytes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)        # data/ in the repository, crunet/recipes when installed
 
-. data/recipe_env.sh
-recipe_env places365.sh runs/data/places365 20 "data/$(basename "$0")" "$@"
+. "$HERE/recipe_env.sh"
+recipe_env places365.sh runs/data/places365 20 "$0" "$@"
 
 if [ -z "${SIZE:-}" ]; then
   if [ -d "$ROOT/data_large" ]; then SIZE=large; else SIZE=256; fi

@@ -1,4 +1,5 @@
-# Sourced by data/imagenet.sh and data/places365.sh after `cd` to the repository root:
+# Sourced by imagenet.sh and places365.sh (data/ in the repository, crunet/recipes when installed);
+# relative paths are the caller's current directory:
 # usage/help, output folder and the environment settings both recipes share.
 #   recipe_env NAME DEFAULT_OUT HELP_LAST_LINE SCRIPT "$@"
 recipe_env() {

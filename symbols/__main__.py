@@ -17,7 +17,7 @@ import tempfile
 
 from crunet.cli import ArgParser
 from crunet.errors import CLIError, EXIT_INTERNAL, cli_main, die
-from crunet.files import atomic_save
+from crunet.files import atomic_save, output_folder
 
 from .blocks import parse_shape
 from . import ChoiceError, count_macs, count_params, get_symbol, model_size_mb, zoo
@@ -64,24 +64,6 @@ def model_kwargs(args):
     if args.no_share:
         kw['shared'] = False
     return kw
-
-
-def output_folder(path, flag):
-    """Create the folder of output ``path`` (:class:`CLIError` naming ``flag`` when it cannot be:
-    a regular file on the way, no permission)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    probe = folder
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise CLIError('%s %s: %s is a file, not a folder' % (flag, path, probe))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise CLIError('%s %s: cannot create the folder %s (%s)' % (flag, path, folder, err.strerror or err))
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CLIError('%s %s: the folder %s is not writable' % (flag, path, folder))
-    return folder
 
 
 def _write(path, writer, flag):

@@ -19,9 +19,12 @@ The module also holds the graph surgery shared by scoring, Gluon and export:
 without a label input) and :func:`mean_max_symbol` (0.5 x (global average + global max)
 pooling in place of ``pool5``).
 """
+# size-exempt: the reading, checking and graph surgery of checkpoint files, released and own, kept
+# together so that every reader (scoring, fine-tuning, exports, Gluon) gets the same checks.
 import ast
 import json
 import os
+import re
 import warnings
 
 import mxnet as mx
@@ -116,8 +119,8 @@ def _num_outputs(node, version):
         saved = json.loads(mx.sym.load_json(json.dumps(mini)).tojson())
         return saved['node_row_ptr'][k + 1] - saved['node_row_ptr'][k]
     except (mx.base.MXNetError, KeyError, IndexError, ValueError) as err:
-        raise CheckpointError('node %r (%s): MXNet cannot build it: %s'
-                              % (node.get('name'), node.get('op'), error_line(err)))
+        why = re.sub(r'\[[\d:]+\]\s*\S+:\d+:\s*', '', error_line(err))     # MXNet's time and source line
+        raise CheckpointError('node %r (%s): MXNet cannot build it: %s' % (node.get('name'), node.get('op'), why))
 
 
 def check_graph(graph, count_outputs=True):

@@ -19,6 +19,12 @@
         (mean, std, scale, resize, crop, interpolation: PREFIX-args.json of the training run,
         else the released models') and, when known, the class names.
 
+    python -m symbols.export quantize --model PREFIX --epoch N --calib-dataset FILE.rec --out QPREFIX
+                                      [--calib-mode naive|entropy] [--num-calib-batches 10] [--batch-size 32]
+        int8 QPREFIX-symbol.json + QPREFIX-0000.params (+ QPREFIX-args.json, the preprocessing) for
+        CPU scoring with crunet-score, through MXNet's oneDNN quantization calibrated on FILE.rec;
+        which layers stay fp32 and why: symbols/quantize.py (the checkpoint's own graph: no --network).
+
 Every command takes --network/--num-layers/--setting/--num-classes to bind the params to the
 project's symbol instead of the file's one. --synset FILE names the classes (one per line;
 default: synset.txt beside the checkpoint, when there is one); the names are written as
@@ -32,6 +38,8 @@ printed.
 In Python: :func:`export_inference`, :func:`export_onnx`, :func:`verify_onnx`,
 :func:`symbols.checkpoint.convert_symbol_json`.
 """
+# size-exempt: four export commands (convert, inference, ONNX, int8) that share loading, checks and
+# verification; each command's own code is a few short functions.
 import argparse
 import contextlib
 import json
@@ -43,9 +51,10 @@ import numpy as np
 
 from crunet.cli import ArgParser
 from crunet.errors import CLIError, EXIT_INTERNAL, EXIT_USER
-from crunet.files import atomic_write_text
+from crunet.files import atomic_write_text, output_folder
 
 from . import preprocess as pp
+from . import quantize
 from .blocks import parse_shape
 from .checkpoint import (CheckpointError, convert_symbol_json, inference_symbol, load_checkpoint, load_synset,
                          mean_max_symbol, num_classes_of, params_path, save_checkpoint, symbol_path, synset_path)
@@ -69,7 +78,7 @@ class MissingPackageError(ExportError):
 
 #: onnxruntime for Python 3.11 starts at 1.15.0, whose metadata asks for numpy>=1.24.2, while
 #: mxnet 1.9.1 needs numpy<1.24; 1.15.0 runs on numpy 1.23.5, installed without its dependencies
-ORT_INSTALL = 'pip install --no-deps onnxruntime==1.15.0 coloredlogs humanfriendly flatbuffers sympy mpmath'
+ORT_INSTALL = "pip install --no-deps onnxruntime==1.15.0 coloredlogs humanfriendly flatbuffers sympy 'mpmath<1.4'"
 
 
 def require_onnx(runtime=True):
@@ -134,23 +143,6 @@ def onnx_metadata(pre, raw_rgb=False, class_names=None):
         meta['class_names'] = json.dumps(list(class_names))
         meta['num_classes'] = str(len(class_names))
     return meta
-
-
-def _out_folder(path, flag='--out'):
-    """Create the folder of output ``path``; :class:`CLIError` naming ``flag`` if it cannot be."""
-    folder = os.path.dirname(os.path.abspath(path))
-    probe = folder
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise CLIError('%s %s: %s is a file, not a folder' % (flag, path, probe))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise CLIError('%s %s: cannot create the folder %s (%s)' % (flag, path, folder, err.strerror or err))
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CLIError('%s %s: the folder %s is not writable' % (flag, path, folder))
-    return folder
 
 
 def _remove(*paths):
@@ -219,7 +211,7 @@ def export_inference(prefix, epoch, out_prefix, out_epoch=0, image_shape=None, o
     random input, ``None`` without ``verify``). ``raw_rgb``: the normalisation of the checkpoint
     (:func:`symbols.preprocess.of_checkpoint`) built in (:func:`raw_rgb_graph`); ``synset``: a
     class-names file. The files appear only once verified."""
-    _out_folder(out_prefix)
+    output_folder(out_prefix, '--out')
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch, image_shape=image_shape, **load_kwargs)
     class_names = _class_names(prefix, synset, num_classes_of(arg_params))
     deploy = deploy_graph(sym, output, mean_max)
@@ -233,7 +225,10 @@ def export_inference(prefix, epoch, out_prefix, out_epoch=0, image_shape=None, o
         diff = None
         if verify:
             data = _random_input(_full_shape(image_shape), raw_rgb=raw_rgb)
-            diff = verify_inference(tmp, out_epoch, deploy, arg_params, aux_params, data, tolerance)
+            try:
+                diff = verify_inference(tmp, out_epoch, deploy, arg_params, aux_params, data, tolerance)
+            except ExportError as err:                 # name the output, not its temporary files
+                raise ExportError(str(err).replace(tmp, out_prefix))
         os.replace(tmp_p, ppath)
         os.replace(tmp_s, spath)
     finally:
@@ -312,7 +307,7 @@ def export_onnx(prefix, epoch, onnx_path, image_shape=None, batch_size=1, output
     if int(batch_size) < 1:
         raise ValueError('batch size must be at least 1, not %s' % batch_size)
     require_onnx(runtime=verify)
-    _out_folder(onnx_path)
+    output_folder(onnx_path, '--out')
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch, image_shape=image_shape, **load_kwargs)
     class_names = _class_names(prefix, synset, num_classes_of(arg_params))
     deploy = deploy_graph(sym, output, mean_max)
@@ -336,8 +331,11 @@ def export_onnx(prefix, epoch, onnx_path, image_shape=None, batch_size=1, output
         diff = None
         if verify:
             check_shape = ((2,) + shape[1:]) if dynamic_batch else shape
-            diff = verify_onnx(tmp, deploy, arg_params, aux_params, _random_input(check_shape, raw_rgb=raw_rgb),
-                               tolerance)
+            try:
+                diff = verify_onnx(tmp, deploy, arg_params, aux_params, _random_input(check_shape, raw_rgb=raw_rgb),
+                                   tolerance)
+            except ExportError as err:                 # name the output, not its temporary file
+                raise ExportError(str(err).replace(tmp, onnx_path))
         os.replace(tmp, onnx_path)
     finally:
         _remove(tmp)
@@ -379,6 +377,8 @@ def _load_kwargs(args):
 
 
 def main(argv=None):
+    # MXNet logs "Subgraph backend MKLDNN is activated" on stderr at every bind of the checks
+    os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
     parser = ArgParser(prog='python -m symbols.export', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -394,13 +394,17 @@ def main(argv=None):
     p.add_argument('--output', choices=('softmax', 'logits'), default='logits')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--dynamic-batch', action='store_true', help='any batch size (first dimension symbolic)')
+    p = sub.add_parser('quantize', help='int8 checkpoint for CPU scoring (oneDNN, calibrated)')
+    quantize.add_arguments(p)
     args = parser.parse_args(argv)
     try:
         if args.command == 'convert':
-            _out_folder(args.dst, 'output')
+            output_folder(args.dst, 'output')
             converted = convert_symbol_json(args.src, args.dst)
             print('wrote %s (%d ChannelwiseConvolution -> depthwise Convolution)' % (args.dst, len(converted)))
             return 0
+        if args.command == 'quantize':
+            return quantize.command(args)
         _check_flags(args)
         common = dict(image_shape=args.image_shape, mean_max=args.mean_max, verify=not args.no_verify,
                       tolerance=args.tolerance, output=args.output, raw_rgb=args.raw_rgb_input,

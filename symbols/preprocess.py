@@ -7,6 +7,7 @@ released CRU-Net checkpoints; every default of the iterators, of ``crunet-score`
 exports comes from here.
 """
 import json
+import os
 from collections import namedtuple
 
 __all__ = ['Preprocess', 'RELEASED', 'DEMO', 'INTERPOLATIONS', 'interpolation_code', 'from_training_args',
@@ -61,14 +62,20 @@ def from_training_args(args, default=RELEASED):
 
 
 def training_args(prefix):
-    """The flags a training run recorded in ``PREFIX-args.json`` (empty when there is none or
-    it cannot be read as a JSON object)."""
-    try:
-        with open(prefix + '-args.json') as f:
-            found = json.load(f)
-    except (OSError, ValueError):
+    """The flags a training run recorded in ``PREFIX-args.json`` (empty when there is none); a file
+    that is there but is not a JSON object is a ``ValueError`` naming it (never guessed around)."""
+    path = prefix + '-args.json'
+    if not os.path.exists(path):
         return {}
-    return found if isinstance(found, dict) else {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            found = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError('%s: not the JSON file of a training run (%s); move it away to use the '
+                         'released models\' preprocessing' % (path, type(exc).__name__))
+    if not isinstance(found, dict):
+        raise ValueError('%s: expected a JSON object of flags, found %s' % (path, type(found).__name__))
+    return found
 
 
 def of_checkpoint(prefix, default=RELEASED):

@@ -54,19 +54,24 @@ def _unshared(stages):
     return tuple(st._replace(share3x3_from=None) for st in stages)
 
 
-def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', widen_factor=None, shared=True,
-               dtype='float32', grouped_conv='plain', pooling='avg', output='softmax'):
+def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', setting=None, widen_factor=None,
+               shared=True, dtype='float32', grouped_conv='plain', pooling='avg', output='softmax'):
     """ShaResNet-34/50/101/152 (ImageNet), ShaResNet-164 (CIFAR), or with ``widen_factor`` a
-    shared wide ResNet WRN-``num_layers``-``widen_factor``. ``shared=False`` is the same network
-    without sharing (the original ResNet / WRN).
+    shared wide ResNet WRN-``num_layers``-``widen_factor``. ``setting`` is the family of the
+    preset (``imagenet`` for 34/50/101/152, ``cifar`` for 164, ``wrn`` with ``widen_factor``;
+    default: the depth's own). ``shared=False`` is the same network without sharing (the
+    original ResNet / WRN).
 
     ``dtype``, ``grouped_conv``, ``pooling`` and ``output`` as for every network of the zoo
     (``symbols.blocks.build_network``)."""
     parse_shape(image_shape)
     if widen_factor:
+        if setting not in (None, 'wrn'):
+            raise ChoiceError('sharesnet-%s with widen_factor: unknown setting %r; valid choices: wrn'
+                              % (num_layers, setting))
         preset = dict(basic=True, preact=True, stem='cifar', stages=wrn_stages(num_layers, widen_factor))
     else:
-        _, preset = choose('sharesnet', PRESETS, num_layers)
+        _, preset = choose('sharesnet', PRESETS, num_layers, setting)
     stages = preset['stages'] if shared else _unshared(preset['stages'])
     return build_network(stages, num_classes, stem=preset.get('stem', 'imagenet'), preact=preset['preact'],
                          basic=preset.get('basic', False), dtype=dtype, grouped_conv=grouped_conv,

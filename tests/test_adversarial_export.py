@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import mxnet as mx
-import numpy as np
 import pytest
 
 import score_helpers as H
@@ -240,3 +239,28 @@ def test_onnx_export_without_onnxruntime_and_no_verify_writes_the_file(tmp_path)
                 '3,32,32', '--out', str(out), '--no-verify'])
     assert res.returncode == 0, res.stderr[-2000:]
     assert os.listdir(str(tmp_path)) == ['m.onnx']
+
+
+def test_onnx_export_that_fails_verification_leaves_no_file(tmp_path):
+    """onnxruntime and MXNet differ by about 1e-6: a tolerance of 1e-30 fails the check."""
+    pytest.importorskip('onnxruntime')
+    out = tmp_path / 'm.onnx'
+    res = _run(['-m', 'symbols.export', 'onnx', '--model', H.scoring_set()['prefix'], '--image-shape', '3,32,32',
+                '--out', str(out), '--tolerance', '1e-30'])
+    _one_error(res, 1, '%s: onnxruntime outputs differ from MXNet by' % out)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_finetune_from_a_checkpoint_whose_head_names_a_missing_output_is_an_error(tmp_path):
+    from train_helpers import TRAIN, make_rec
+    rec = make_rec(str(tmp_path), 'train', 8, num_classes=4)
+    _write_json(tmp_path / 'bad-symbol.json', MISSING_OUTPUT)
+    mx.nd.save(str(tmp_path / 'bad-0000.params'), {'arg:w': mx.nd.zeros((1,))})
+    res = _run([TRAIN, '--network', 'crunet', '--num-layers', '22', '--setting', 'cifar', '--num-classes', '4',
+                '--image-shape', '3,32,32', '--data-train', rec, '--finetune-from', str(tmp_path / 'bad'),
+                '--batch-size', '4', '--num-epochs', '1', '--model-prefix', str(tmp_path / 'out'), '--plot', '0'])
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith('error:')]
+    assert len(errors) == 1 and 'bad-symbol.json: output 5 of node 0 (data, op null)' in errors[0], res.stderr
+    assert not [f for f in os.listdir(str(tmp_path)) if f.startswith('out') and f.endswith(('.params', '.json'))
+                and f != 'out-args.json']                  # no checkpoint (the run's record and log are kept)

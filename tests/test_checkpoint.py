@@ -1,4 +1,4 @@
-"""Released CRU-Net checkpoints on stock MXNet (issue 5, acceptance 1 and 5).
+"""Released CRU-Net checkpoints load on stock MXNet and give the project's outputs; mismatched params are named.
 
 The released files are simulated: the project's CRU-Net graph saved as MXNet 0.9 JSON with its
 depthwise convolutions named ``ChannelwiseConvolution`` (as the authors' fork wrote them),
@@ -83,7 +83,7 @@ def test_network_option_binds_project_symbol():
     assert sym.tojson() == get_symbol('crunet', num_layers=56).tojson()
 
 
-# ----------------------------------------------------------------------------- acceptance 5
+# ----------------------------------------------------------------------------- mismatched parameters
 def test_wrong_depth_names_first_parameter():
     prefix = H.released_checkpoint(56)
     with pytest.raises(ParamMismatchError) as err:

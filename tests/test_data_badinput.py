@@ -1,10 +1,9 @@
 """Bad input: every case gives correct handling or a one-line error naming the file/record and
 a non-zero exit -- never a segfault, an abort or a hang (subprocesses run under a timeout).
 
-Checked at the API (``crunet.data.iterators.DataError`` / ``data.im2rec.PackError``) and at the command
-line (``python -m data.im2rec``, ``python -m bench.io_speed``).
+Checked at the API (``crunet.data.checks.DataError`` / ``crunet.data.lists.PackError``) and at the
+command line (``python -m crunet.data.im2rec``, ``python -m bench.io_speed``).
 """
-import argparse
 import os
 import shutil
 import subprocess
@@ -15,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from crunet.data import iterators as cd
-from crunet.data import im2rec, recordio
+from crunet.data import iterators as cd, lists, packing
+from crunet.data import checks as dchecks, flags as dflags
+from crunet.data import recordio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def one_line_error(r, *needles):
 
 
 def make_args(**over):
-    return cd.data_args(**dict(dict(image_shape='3,16,16', resize_val=16, data_nthreads=1, batch_size=2, seed=0),
+    return dflags.data_args(**dict(dict(image_shape='3,16,16', resize_val=16, data_nthreads=1, batch_size=2, seed=0),
                                **over))
 
 
@@ -114,11 +114,11 @@ CASES = ['missing_rec', 'missing_idx', 'shifted_idx', 'foreign_idx', 'short_idx'
 def test_bad_recordio_api(good, tmp_path, case):
     how, needles = _cases(good, tmp_path)[case]
     rec = variant(good, tmp_path, case, **how)
-    for call in (lambda: cd.check_recordio(rec),
+    for call in (lambda: dchecks.check_recordio(rec),
                  lambda: cd.get_rec_iter(make_args(data_train=rec)),
                  lambda: cd.get_rec_iter(make_args(data_train=good.rec, data_val=rec)),
                  lambda: cd.get_val_iter(make_args(data_val=rec))):
-        with pytest.raises(cd.DataError) as e:
+        with pytest.raises(dchecks.DataError) as e:
             call()
         msg = str(e.value)
         assert '\n' not in msg
@@ -145,10 +145,10 @@ def test_undecodable_record_past_the_checks_is_a_clean_error(good, tmp_path):
     """With the up-front check off, a non-image record reaches MXNet: still one DataError line, no abort."""
     rec = write_rec(str(tmp_path / 'late'), [recordio.pack_header(0, i) + (jpeg(i) if i != 3 else b'garbage' * 9)
                                              for i in range(4)])
-    code = ('import sys\nfrom crunet.data import iterators as cd\n'
-            'a = cd.data_args(data_train=%r, data_check="none", image_shape="3,16,16", data_nthreads=1, '
+    code = ('import sys\nfrom crunet.data import checks as dchecks, flags as dflags, iterators as cd\n'
+            'a = dflags.data_args(data_train=%r, data_check="none", image_shape="3,16,16", data_nthreads=1, '
             'batch_size=4, seed=0)\n'
-            'try:\n    it, _ = cd.get_rec_iter(a); [b for b in it]\nexcept cd.DataError as e:\n'
+            'try:\n    it, _ = cd.get_rec_iter(a); [b for b in it]\nexcept dchecks.DataError as e:\n'
             '    sys.stderr.write("error: %%s\\n" %% e); sys.exit(3)\n' % rec)
     r = run_cli(['-c', code])
     assert r.returncode == 3, r.stderr
@@ -157,7 +157,7 @@ def test_undecodable_record_past_the_checks_is_a_clean_error(good, tmp_path):
 
 
 def test_labels_outside_num_classes(good):
-    with pytest.raises(cd.DataError, match=r'good.rec: labels run 0..2, outside 0..1 for --num-classes 2'):
+    with pytest.raises(dchecks.DataError, match=r'good.rec: labels run 0..2, outside 0..1 for --num-classes 2'):
         cd.get_rec_iter(make_args(data_train=good.rec, num_classes=2))
     cd.get_rec_iter(make_args(data_train=good.rec, num_classes=3))
 
@@ -165,15 +165,15 @@ def test_labels_outside_num_classes(good):
 def test_too_many_workers_or_too_large_batch(good):
     class KV(object):
         num_workers, rank, type = 4, 3, 'dist_sync'
-    with pytest.raises(cd.DataError, match='6 records cannot be split into 4 parts'):   # part 3 would be empty
+    with pytest.raises(dchecks.DataError, match='6 records cannot be split into 4 parts'):   # part 3 would be empty
         cd.get_rec_iter(make_args(data_train=good.rec), KV())
-    with pytest.raises(cd.DataError, match='fewer than the batch size 8'):
+    with pytest.raises(dchecks.DataError, match='fewer than the batch size 8'):
         cd.get_rec_iter(make_args(data_train=good.rec, batch_size=8))
-    with pytest.raises(cd.DataError, match='--data-train is not set'):
+    with pytest.raises(dchecks.DataError, match='--data-train is not set'):
         cd.get_rec_iter(make_args())
-    with pytest.raises(cd.DataError, match='--image-shape'):
+    with pytest.raises(dchecks.DataError, match='--image-shape'):
         cd.get_rec_iter(make_args(data_train=good.rec, image_shape='3,16'))
-    with pytest.raises(cd.DataError, match='--rgb-mean'):
+    with pytest.raises(dchecks.DataError, match='--rgb-mean'):
         cd.get_rec_iter(make_args(data_train=good.rec, rgb_mean='1,2'))
 
 
@@ -190,8 +190,8 @@ def test_empty_class_folder(tmp_path):
     tree(root, ['a', 'c'])
     os.makedirs(os.path.join(root, 'b'))
     open(os.path.join(root, 'b', 'readme.txt'), 'w').write('no images here')
-    with pytest.raises(im2rec.PackError, match='empty class folder: .*b'):
-        im2rec.make_lists(str(tmp_path / 'x'), root)
+    with pytest.raises(lists.PackError, match='empty class folder: .*b'):
+        lists.make_lists(str(tmp_path / 'x'), root)
     one_line_error(run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'x'), root]),
                    'error: empty class folder:', os.path.join(root, 'b'))
     assert not os.path.exists(str(tmp_path / 'x.lst'))
@@ -204,9 +204,9 @@ def test_unreadable_image_named_by_path_and_skip_bad(tmp_path):
     open(bad, 'wb').write(b'\xff\xd8\xff' + b'\x00' * 10)               # a JPEG signature and nothing else
     empty = os.path.join(root, 'a', 'empty.png')
     open(empty, 'wb').write(b'')
-    with pytest.raises(im2rec.PackError) as e:
-        lst, = im2rec.make_lists(str(tmp_path / 'api'), root, shuffle=False)
-        im2rec.pack(lst, root, progress=False)
+    with pytest.raises(lists.PackError) as e:
+        lst, = lists.make_lists(str(tmp_path / 'api'), root, shuffle=False)
+        packing.pack(lst, root, progress=False)
     assert 'empty.png' in str(e.value)
     r = run_cli(['-m', 'crunet.data.im2rec', 'make', str(tmp_path / 'cli'), root, '--num-thread', '1', '--quiet'])
     line = one_line_error(r, 'error:')

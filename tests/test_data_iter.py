@@ -1,4 +1,4 @@
-"""Training / validation iterators of crunet.data.iterators on real RecordIO files packed by data.im2rec.
+"""Training / validation iterators of crunet.data.iterators on real RecordIO files packed by crunet.data.packing.
 
 Every file here is made by the test from generated images (32-128 px): round trip (counts,
 labels, pixels), the augmentation really applied by ImageRecordIter (crop area / aspect
@@ -15,8 +15,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from crunet.data import iterators as cd
-from crunet.data import im2rec, recordio
+from crunet.data import iterators as cd, lists, packing
+from crunet.data import checks as dchecks, flags as dflags
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -40,8 +40,8 @@ def write_tree(root, classes, per_class, size=(32, 32), ext='.jpg', seed=0):
 
 
 def pack_tree(root, prefix, train_ratio=1.0, **kw):
-    lists = im2rec.make_lists(prefix, root, train_ratio=train_ratio, seed=0)
-    return [im2rec.pack(lst, root, progress=False, **kw)['rec'] for lst in lists]
+    made = lists.make_lists(prefix, root, train_ratio=train_ratio, seed=0)
+    return [packing.pack(lst, root, progress=False, **kw)['rec'] for lst in made]
 
 
 def pack_images(prefix, images, labels=None, ext='.png'):
@@ -53,12 +53,12 @@ def pack_images(prefix, images, labels=None, ext='.png'):
         rel = '%05d%s' % (i, ext)
         assert cv2.imwrite(os.path.join(root, rel), img)
         items.append((rel, [float(i if labels is None else labels[i])]))
-    im2rec.write_lst(prefix + '.lst', items)
-    return im2rec.pack(prefix + '.lst', root, progress=False)['rec']
+    lists.write_lst(prefix + '.lst', items)
+    return packing.pack(prefix + '.lst', root, progress=False)['rec']
 
 
 def make_args(**over):
-    return cd.data_args(**dict(dict(batch_size=8, seed=1, data_nthreads=2), **over))
+    return dflags.data_args(**dict(dict(batch_size=8, seed=1, data_nthreads=2), **over))
 
 
 RAW = dict(rgb_mean='0,0,0', rgb_std='1,1,1', scale=1.0)        # pixels out as they are
@@ -79,7 +79,7 @@ def read_all(it, epochs=1):
 
 
 def lst_labels(rec):
-    return [int(lab[0]) for _, lab, _ in im2rec.read_lst(os.path.splitext(rec)[0] + '.lst')]
+    return [int(lab[0]) for _, lab, _ in lists.read_lst(os.path.splitext(rec)[0] + '.lst')]
 
 
 def to_bgr(chw):
@@ -136,7 +136,7 @@ def test_round_trip_pixels_without_augmentation(tree):
     a = make_args(data_train=tree.train, data_val=tree.val, image_shape='3,32,32', resize_val=32, aug_off=1,
                   batch_size=4, **RAW)
     train, val = cd.get_rec_iter(a)
-    src = im2rec.read_lst(os.path.splitext(tree.val)[0] + '.lst')
+    src = lists.read_lst(os.path.splitext(tree.val)[0] + '.lst')
     (labs, imgs), = read_all(val)
     for (_, lab, rel), got, gl in zip(src, imgs, labs):
         assert int(gl) == int(lab[0])
@@ -146,7 +146,7 @@ def test_round_trip_pixels_without_augmentation(tree):
         assert np.abs(to_bgr(got).astype(int) - decoded.astype(int)).max() <= 1, rel
     # training order is shuffled: match every output to its nearest source, each exactly once
     (labs, imgs), = read_all(train)
-    names = [rel for _, _, rel in im2rec.read_lst(os.path.splitext(tree.train)[0] + '.lst')]
+    names = [rel for _, _, rel in lists.read_lst(os.path.splitext(tree.train)[0] + '.lst')]
     stack = np.stack([tree.images[n] for n in names]).astype(int)
     matched = []
     for got in imgs:
@@ -279,10 +279,11 @@ def test_train_seed_gives_same_batches(tree):
     assert not np.array_equal(d1, d3)
 
 
-def test_float16(tree):
+def test_float16_runs_get_float32_data(tree):
+    """Under --dtype float16 the iterators still give float32 data: the float16 graph casts its input."""
     a = make_args(data_train=tree.train, data_val=tree.val, image_shape='3,24,24', batch_size=4, dtype='float16')
     train, val = cd.get_rec_iter(a)
-    assert train.next().data[0].dtype == np.float16 and val.next().data[0].dtype == np.float16
+    assert train.next().data[0].dtype == np.float32 and val.next().data[0].dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------- sharding
@@ -297,7 +298,7 @@ def numbered(tmp_path_factory):
 @pytest.mark.parametrize('parts', [1, 2, 3, 4])
 def test_shards_cover_every_record_once(numbered, parts):
     seen_val, seen_train = [], [[], []]
-    sizes = cd.part_sizes(23, parts)
+    sizes = dchecks.part_sizes(23, parts)
     for rank in range(parts):
         kv = FakeKV(parts, rank)
         a = make_args(data_train=numbered, data_val=numbered, image_shape='3,16,16', resize_val=16, batch_size=4)
@@ -319,6 +320,23 @@ def test_train_epochs_reshuffle(numbered):
     assert e0 != e1 and e1 != e2
 
 
+def test_train_set_epoch_is_the_epoch_of_seed_plus_epoch(numbered):
+    """Epoch e of a TrainIter is always the permutation of seed + e, reached by resets or directly
+    (exact resume), and equal to a fresh iterator built with that seed."""
+    def epoch_labels(it):
+        (labels, _), = read_all(it)
+        return labels.astype(int).tolist()
+    a = make_args(data_train=numbered, image_shape='3,16,16', batch_size=5, seed=7)
+    by_reset = [lab.astype(int).tolist() for lab, _ in read_all(cd._train_iter(a), epochs=3)]
+    jumped = cd._train_iter(a)
+    jumped.set_epoch(2)
+    assert jumped.epoch == 2 and epoch_labels(jumped) == by_reset[2]
+    assert epoch_labels(cd._train_iter(make_args(data_train=numbered, image_shape='3,16,16', batch_size=5,
+                                                 seed=9))) == by_reset[2]
+    jumped.set_epoch(1)
+    assert epoch_labels(jumped) == by_reset[1]
+
+
 def test_real_kvstore_means_one_part(numbered):
     kv = mx.kv.create('local')
     a = make_args(data_val=numbered, image_shape='3,16,16', resize_val=16, batch_size=5)
@@ -332,14 +350,14 @@ def test_effective_threads_match_mxnet(numbered, capfd):
                                batch_size=4, preprocess_threads=8, verbose=True)
     del it
     used = re.findall(r'use (\d+) threads for decoding', capfd.readouterr().err)
-    assert used and int(used[-1]) == cd.effective_threads(8)
-    assert cd.effective_threads(1) == 1
+    assert used and int(used[-1]) == dchecks.effective_threads(8)
+    assert dchecks.effective_threads(1) == 1
 
 
 def test_part_sizes_match_dmlc():
-    assert cd.part_sizes(10, 4) == [3, 3, 3, 1]
-    assert cd.part_sizes(5, 4) == [2, 2, 1, 0]
-    assert sum(cd.part_sizes(1281167, 7)) == 1281167
+    assert dchecks.part_sizes(10, 4) == [3, 3, 3, 1]
+    assert dchecks.part_sizes(5, 4) == [2, 2, 1, 0]
+    assert sum(dchecks.part_sizes(1281167, 7)) == 1281167
 
 
 # ---------------------------------------------------------------------------------------------- helpers for the trainer
@@ -367,7 +385,7 @@ def test_test_io_logs_speed(tree, caplog):
 
 def test_flags_have_help_and_paper_defaults():
     p = argparse.ArgumentParser()
-    groups = [cd.add_data_args(p), cd.add_data_aug_args(p)]
+    groups = [dflags.add_data_args(p), dflags.add_data_aug_args(p)]
     for g in groups:
         for act in g._group_actions:
             assert act.help and len(act.help) > 15, act.dest

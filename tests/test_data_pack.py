@@ -1,5 +1,5 @@
-"""Packing: data.im2rec (lists, RecordIO framing, colour forcing, resize, pass-through,
-determinism, CLI) and the bundled digits demo set (data.demo)."""
+"""Packing: crunet.data.im2rec (lists, RecordIO framing, colour forcing, resize, pass-through,
+determinism, CLI) and the bundled digits demo set (crunet.data.demo)."""
 import io
 import os
 import struct
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crunet.data import im2rec, recordio
+from crunet.data import lists, packing, recordio
+from crunet.data import flags as dflags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,9 +73,9 @@ def test_writer_leaves_nothing_behind_on_failure(tmp_path):
     root = tmp_path / 'img'
     write_tree(str(root), {'a': 2, 'b': 1})
     (root / 'b' / 'bad.jpg').write_bytes(b'not a jpeg at all')
-    lst, = im2rec.make_lists(str(tmp_path / 'x'), str(root))
-    with pytest.raises(im2rec.PackError, match='bad.jpg'):
-        im2rec.pack(lst, str(root), progress=False)
+    lst, = lists.make_lists(str(tmp_path / 'x'), str(root))
+    with pytest.raises(lists.PackError, match='bad.jpg'):
+        packing.pack(lst, str(root), progress=False)
     assert not [f for f in os.listdir(str(tmp_path)) if f.endswith(('.rec', '.idx', '.part'))]
 
 
@@ -87,12 +88,12 @@ def test_folder_lists_labels_and_deterministic_split(tmp_path):
     open(os.path.join(root, 'moth', 'notes.txt'), 'w').write('not an image')
     open(os.path.join(root, 'stray.jpg'), 'wb').write(b'ignored: not in a class folder')
 
-    a = im2rec.make_lists(str(tmp_path / 's1'), root, train_ratio=0.5, seed=3)
-    b = im2rec.make_lists(str(tmp_path / 's2'), root, train_ratio=0.5, seed=3)
-    c = im2rec.make_lists(str(tmp_path / 's3'), root, train_ratio=0.5, seed=4)
+    a = lists.make_lists(str(tmp_path / 's1'), root, train_ratio=0.5, seed=3)
+    b = lists.make_lists(str(tmp_path / 's2'), root, train_ratio=0.5, seed=3)
+    c = lists.make_lists(str(tmp_path / 's3'), root, train_ratio=0.5, seed=4)
     assert [os.path.basename(p) for p in a] == ['s1_train.lst', 's1_val.lst']
     assert open(str(tmp_path / 's1_synset.txt')).read().split() == ['ant', 'moth', 'zebra']
-    train, val = [im2rec.read_lst(p) for p in a]
+    train, val = [lists.read_lst(p) for p in a]
     assert [open(p).read() for p in a] == [open(p).read() for p in b]            # same seed, same lists
     assert [open(p).read() for p in a] != [open(p).read() for p in c]
     for items in (train, val):
@@ -105,40 +106,40 @@ def test_folder_lists_labels_and_deterministic_split(tmp_path):
     assert [per_class(train, k) for k in range(3)] == [3, 3, 5]                   # round(0.5 n), stratified
     assert [per_class(val, k) for k in range(3)] == [3, 3, 5]
     # whole set, no split
-    whole, = im2rec.make_lists(str(tmp_path / 'all'), root)
-    assert len(im2rec.read_lst(whole)) == 22
+    whole, = lists.make_lists(str(tmp_path / 'all'), root)
+    assert len(lists.read_lst(whole)) == 22
 
 
 def test_list_file_formats(tmp_path):
     places = tmp_path / 'places365_train_standard.txt'
     places.write_text('/a/airfield/00000001.jpg 0\n/a/airfield/00000002.jpg 0\n/z/zen_garden/00000001.jpg 364\n')
-    assert im2rec.read_list_file(str(places)) == [('a/airfield/00000001.jpg', [0.0]),
+    assert lists.read_list_file(str(places)) == [('a/airfield/00000001.jpg', [0.0]),
                                                    ('a/airfield/00000002.jpg', [0.0]),
                                                    ('z/zen_garden/00000001.jpg', [364.0])]
     pval = tmp_path / 'places365_val.txt'
     pval.write_text('Places365_val_00000001.jpg 165\nPlaces365_val_00000002.jpg 358\n')
-    assert im2rec.read_list_file(str(pval))[1] == ('Places365_val_00000002.jpg', [358.0])
+    assert lists.read_list_file(str(pval))[1] == ('Places365_val_00000002.jpg', [358.0])
     synset = tmp_path / 'LOC_synset_mapping.txt'
     synset.write_text('n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n')
     loc = tmp_path / 'LOC_val_solution.csv'
     loc.write_text('ImageId,PredictionString\nILSVRC2012_val_00008726,n01443537 255 142 454 329 '
                    'n01443537 44 21 322 295\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n')
-    assert im2rec.read_list_file(str(loc), im2rec.load_synset(str(synset)), ext='.JPEG') == [
+    assert lists.read_list_file(str(loc), lists.load_synset(str(synset)), ext='.JPEG') == [
         ('ILSVRC2012_val_00008726.JPEG', [1.0]), ('ILSVRC2012_val_00000001.JPEG', [0.0])]
     caffe = tmp_path / 'val.txt'
     caffe.write_text('ILSVRC2012_val_00000001.JPEG 65\n')
-    assert im2rec.read_list_file(str(caffe)) == [('ILSVRC2012_val_00000001.JPEG', [65.0])]
+    assert lists.read_list_file(str(caffe)) == [('ILSVRC2012_val_00000001.JPEG', [65.0])]
     named = tmp_path / 'named.txt'
     named.write_text('x/1.jpg n01443537\n')
-    assert im2rec.read_list_file(str(named), im2rec.load_synset(str(synset))) == [('x/1.jpg', [1.0])]
-    with pytest.raises(im2rec.PackError, match='named.txt line 1'):
-        im2rec.read_list_file(str(named))                                      # names need --synset
-    im2rec.write_lst(str(tmp_path / 'm.lst'), [('p/q.jpg', [2.0]), ('r.png', [0.5])])
-    assert im2rec.read_list_file(str(tmp_path / 'm.lst')) == [('p/q.jpg', [2.0]), ('r.png', [0.5])]
+    assert lists.read_list_file(str(named), lists.load_synset(str(synset))) == [('x/1.jpg', [1.0])]
+    with pytest.raises(lists.PackError, match='named.txt line 1'):
+        lists.read_list_file(str(named))                                      # names need --synset
+    lists.write_lst(str(tmp_path / 'm.lst'), [('p/q.jpg', [2.0]), ('r.png', [0.5, 1.5])])
+    assert lists.read_list_file(str(tmp_path / 'm.lst')) == [('p/q.jpg', [2.0]), ('r.png', [0.5, 1.5])]
     # a synset folder: sorted sub-folders (ImageNet train/)
     for d in ('n2', 'n1'):
         os.makedirs(str(tmp_path / 'train' / d))
-    assert im2rec.load_synset(str(tmp_path / 'train')) == {'n1': 0, 'n2': 1}
+    assert lists.load_synset(str(tmp_path / 'train')) == {'n1': 0, 'n2': 1}
 
 
 # ---------------------------------------------------------------------------------------------- packing
@@ -151,22 +152,22 @@ def test_pass_through_keeps_bytes_and_reencode_and_resize(tmp_path):
     cv2.imwrite(str(root / 'c' / 'small.jpg'), big[:20, :30], [cv2.IMWRITE_JPEG_QUALITY, 90])
     cv2.imwrite(str(root / 'c' / 'tall.png'), smooth(rng, 80, 40))
     lst = str(tmp_path / 'p.lst')
-    im2rec.write_lst(lst, [('c/big.jpg', [0]), ('c/small.jpg', [1]), ('c/tall.png', [2])])
+    lists.write_lst(lst, [('c/big.jpg', [0]), ('c/small.jpg', [1]), ('c/tall.png', [2])])
     own = lambda name: (root / 'c' / name).read_bytes()
 
-    st = im2rec.pack(lst, str(root), progress=False)
+    st = packing.pack(lst, str(root), progress=False)
     assert (st['records'], st['kept'], st['encoded']) == (3, 3, 0)
     recs = records(st['rec'])
     assert [r[2] for r in recs] == [own('big.jpg'), own('small.jpg'), own('tall.png')]
     assert [float(r[0]) for r in recs] == [0.0, 1.0, 2.0] and [r[1] for r in recs] == [0, 1, 2]
 
-    st = im2rec.pack(lst, str(root), out_prefix=str(tmp_path / 'r'), resize=30, quality=80, progress=False)
+    st = packing.pack(lst, str(root), out_prefix=str(tmp_path / 'r'), resize=30, quality=80, progress=False)
     assert (st['kept'], st['encoded']) == (1, 2)                # small.jpg is not larger than 30: kept
     shapes = [cv2.imdecode(np.frombuffer(r[2], np.uint8), cv2.IMREAD_UNCHANGED).shape for r in records(st['rec'])]
     assert shapes == [(30, 40, 3), (20, 30, 3), (60, 30, 3)]     # shorter side 30, aspect kept, tall.png -> .jpg
     assert recordio.image_format(records(st['rec'])[2][2]) == 'jpeg'
 
-    st = im2rec.pack(lst, str(root), out_prefix=str(tmp_path / 'e'), pass_through=0, encoding='.png', progress=False)
+    st = packing.pack(lst, str(root), out_prefix=str(tmp_path / 'e'), pass_through=0, encoding='.png', progress=False)
     recs = records(st['rec'])
     assert st['encoded'] == 3 and all(recordio.image_format(r[2]) == 'png' for r in recs)
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(recs[2][2], np.uint8), 1),
@@ -203,10 +204,10 @@ def test_every_record_is_three_channel_colour(tmp_path):
     imgs = _odd_images(np.random.RandomState(2))
     for name, (data, _) in imgs.items():
         (root / 'k' / name).write_bytes(data)
-    lst, = im2rec.make_lists(str(tmp_path / 'odd'), str(root), shuffle=False)
-    st = im2rec.pack(lst, str(root), quality=98, progress=False)
+    lst, = lists.make_lists(str(tmp_path / 'odd'), str(root), shuffle=False)
+    st = packing.pack(lst, str(root), quality=98, progress=False)
     assert st['records'] == len(imgs) and st['skipped'] == 0
-    names = [rel.split('/')[1] for _, _, rel in im2rec.read_lst(lst)]
+    names = [rel.split('/')[1] for _, _, rel in lists.read_lst(lst)]
     for name, (_, _, data) in zip(names, records(st['rec'])):
         assert recordio.image_format(data) in ('jpeg', 'png'), name
         dec = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -225,10 +226,10 @@ def test_packing_is_deterministic_across_processes_and_runs(tmp_path):
     root = str(tmp_path / 'many')
     write_tree(root, {'a': 60, 'b': 60}, size=(16, 16))
     cv2.imwrite(os.path.join(root, 'a', 'gray.png'), np.full((16, 16), 77, np.uint8))
-    lst, = im2rec.make_lists(str(tmp_path / 'm'), root, seed=5)
+    lst, = lists.make_lists(str(tmp_path / 'm'), root, seed=5)
     outs = []
     for k, nthreads in enumerate((1, 2, 2)):
-        st = im2rec.pack(lst, root, out_prefix=str(tmp_path / ('o%d' % k)), resize=12, num_thread=nthreads,
+        st = packing.pack(lst, root, out_prefix=str(tmp_path / ('o%d' % k)), resize=12, num_thread=nthreads,
                          progress=False)
         assert st['records'] == 121
         outs.append((open(st['rec'], 'rb').read(), open(st['idx']).read()))
@@ -280,11 +281,11 @@ def test_demo_set_is_real_deterministic_and_fast(tmp_path):
         assert len(recs) == n and sorted(set(labels.astype(int))) == list(range(10))
         img = cv2.imdecode(np.frombuffer(recs[0][2], np.uint8), cv2.IMREAD_UNCHANGED)
         assert img.shape == (32, 32, 3)
-    for _, lab, rel in im2rec.read_lst(os.path.join(str(tmp_path / 'd2'), 'digits_val.lst')):
+    for _, lab, rel in lists.read_lst(os.path.join(str(tmp_path / 'd2'), 'digits_val.lst')):
         assert int(lab[0]) == int(rel.split('/')[0]) == target[int(rel.split('/')[1][:4])]
     # and the validation iterator reads every record once
     from crunet.data import iterators as cd
-    a = cd.data_args(data_val=info['val'], image_shape='3,32,32', resize_val=32, batch_size=64, num_classes=10)
+    a = dflags.data_args(data_val=info['val'], image_shape='3,32,32', resize_val=32, batch_size=64, num_classes=10)
     val = cd.get_val_iter(a)
     got = sum(b.data[0].shape[0] - b.pad for b in val)
     assert got == 359
@@ -313,7 +314,7 @@ def test_imagenet_recipe_on_kaggle_style_layout(tmp_path):
     assert 'pass --num-examples 6 --num-classes 2' in r.stderr
     train = records(str(out / 'imagenet1k_train.rec'))
     assert sorted(float(lab) for lab, _, _ in train) == [0, 0, 0, 1, 1, 1]
-    val = {rel: lab[0] for _, lab, rel in im2rec.read_lst(str(out / 'imagenet1k_val.lst'))}
+    val = {rel: lab[0] for _, lab, rel in lists.read_lst(str(out / 'imagenet1k_val.lst'))}
     assert val == {'ILSVRC2012_val_00000001.JPEG': 1.0, 'ILSVRC2012_val_00000002.JPEG': 0.0}
     assert open(str(out / 'imagenet1k_train_synset.txt')).read().split() == ['n01440764', 'n01443537']
     assert recordio.scan_recordio(str(out / 'imagenet1k_val.rec')).num_records == 2

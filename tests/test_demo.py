@@ -1,4 +1,4 @@
-"""The embedded default (acceptance 6): ``python train_imagenet.py`` with no data flags packs the
+"""The embedded default: ``python train_imagenet.py`` with no data flags packs the
 bundled digits and trains a CIFAR-size CRU-Net to a validation top-1 of at least 0.90 within
 5 minutes on 2 CPU cores.
 

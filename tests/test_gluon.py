@@ -1,4 +1,4 @@
-"""Gluon face of a checkpoint (issue 5, acceptance 3): same outputs as the Module; fine-tuning
+"""Gluon face of a checkpoint: same outputs as the Module; fine-tuning
 with a new class count keeps one Parameter per shared variable, and every unit sees its update."""
 import mxnet as mx
 import numpy as np

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from crunet import gpu
+from crunet import cudabuild, gpu
 
 pytestmark = pytest.mark.gpu
 
@@ -23,13 +23,13 @@ def _usable_gpus():
     """``(ids, '')`` of the GPUs this build can drive, or ``([], why not)``."""
     if os.environ.get(gpu.TEST_FAKE_GPUS) is not None:
         return [], '%s is set: these tests need the real driver' % gpu.TEST_FAKE_GPUS
-    build = gpu.mxnet_build()
+    build = cudabuild.mxnet_build()
     if not build.cuda:
         return [], 'the installed MXNet (%s) is the CPU build: make install MXNET=cu117' % build.distribution
     try:
-        gpu.preload_cuda_libraries(build.library)
+        cudabuild.preload_cuda_libraries(build.library)
         gpus = gpu.driver_gpus()
-    except gpu.CudaSetupError as exc:
+    except cudabuild.CudaSetupError as exc:
         return [], str(exc)
     usable = [g.index for g in gpus if gpu.can_run(g.compute_capability, build.cubin, build.ptx)]
     if not usable:

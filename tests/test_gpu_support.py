@@ -24,13 +24,13 @@ import sys
 
 import pytest
 
-from crunet import gpu
+from crunet import cudabuild, gpu
 from crunet.errors import CLIError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CU117_VENV = os.environ.get('CRUNET_TEST_CU117_VENV', '/tmp/cu117-venv')
 CU117_ARCHS = ([50, 60, 70, 80, 86], [])
-INSTALLED = gpu.mxnet_build()
+INSTALLED = cudabuild.mxnet_build()
 
 
 def _cu117_site():
@@ -66,11 +66,11 @@ def _own_cache(tmp_path, monkeypatch):
 @needs_cpu_build
 def test_cpu_build_has_no_cuda_code_and_loads_nothing():
     assert INSTALLED.distribution == 'mxnet' and not INSTALLED.cuda
-    needed, _ = gpu.elf_needed(INSTALLED.library)
+    needed, _ = cudabuild.elf_needed(INSTALLED.library)
     assert 'libc.so.6' in needed and not [n for n in needed if 'cuda' in n or 'cudnn' in n]
-    assert gpu.fatbin_archs(INSTALLED.library) == ([], [])
-    assert gpu.preload_cuda_libraries() == {}
-    assert not gpu.is_cuda_distribution()
+    assert cudabuild.fatbin_archs(INSTALLED.library) == ([], [])
+    assert cudabuild.preload_cuda_libraries() == {}
+    assert not cudabuild.is_cuda_distribution()
     out = subprocess.run([sys.executable, '-m', 'crunet.gpu'], cwd=ROOT, stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout
     assert 'CPU build: libmxnet.so holds no CUDA code' in out
@@ -79,16 +79,16 @@ def test_cpu_build_has_no_cuda_code_and_loads_nothing():
 @needs_cu117
 def test_cu117_wheel_holds_sm50_to_sm86_machine_code_and_no_ptx(tmp_path):
     lib = os.path.join(CU117_SITE, 'mxnet', 'libmxnet.so')
-    assert gpu.fatbin_archs(lib) == CU117_ARCHS
-    assert gpu.cuda_archs(lib) == CU117_ARCHS
+    assert cudabuild.fatbin_archs(lib) == CU117_ARCHS
+    assert cudabuild.cuda_archs(lib) == CU117_ARCHS
     with open(tmp_path / 'cache' / 'crunet' / 'cuda-archs.json') as f:
         cache = json.load(f)
     st = os.stat(os.path.realpath(lib))
     assert cache == {'%s:%d:%d' % (os.path.realpath(lib), st.st_size, st.st_mtime_ns):
                      {'cubin': CU117_ARCHS[0], 'ptx': []}}
-    needed, _ = gpu.elf_needed(lib)
-    assert set(gpu.CUDA_LIBRARIES) - {'libcublasLt.so.11'} <= set(needed)
-    assert gpu.DRIVER_LIBRARY in needed
+    needed, _ = cudabuild.elf_needed(lib)
+    assert set(cudabuild.CUDA_LIBRARIES) - {'libcublasLt.so.11'} <= set(needed)
+    assert cudabuild.DRIVER_LIBRARY in needed
 
 
 def _nvcc_library(directory, gencode):
@@ -111,7 +111,7 @@ def _nvcc_library(directory, gencode):
 def test_nvcc_fatbinary_cubins_and_ptx_and_what_runs_them(tmp_path):
     """cubin sm_75, cubin sm_86 (from compute_80) and PTX compute_90, as nvcc writes them."""
     lib = _nvcc_library(tmp_path, [(75, 'sm_75'), (80, 'sm_86'), (90, 'compute_90')])
-    cubin, ptx = gpu.fatbin_archs(lib)
+    cubin, ptx = cudabuild.fatbin_archs(lib)
     assert (cubin, ptx) == ([75, 86], [90])
     runs = {cc: gpu.can_run(cc, cubin, ptx) for cc in ('7.0', '7.5', '8.0', '8.6', '8.9', '9.0', '12.0')}
     assert runs == {'7.0': False, '7.5': True, '8.0': False, '8.6': True, '8.9': True,
@@ -121,16 +121,16 @@ def test_nvcc_fatbinary_cubins_and_ptx_and_what_runs_them(tmp_path):
 def test_architecture_cache_is_read_and_follows_the_file(tmp_path):
     lib = str(tmp_path / 'lib.so')
     shutil.copy(sys.executable, lib)                       # a real ELF file without CUDA code
-    assert gpu.cuda_archs(lib) == ([], [])
+    assert cudabuild.cuda_archs(lib) == ([], [])
     cache_file = tmp_path / 'cache' / 'crunet' / 'cuda-archs.json'
     cache = json.loads(cache_file.read_text())
     (key,) = cache
     cache[key] = {'cubin': [61], 'ptx': [70]}
     cache_file.write_text(json.dumps(cache))
-    assert gpu.cuda_archs(lib) == ([61], [70])             # the cached answer, not a new read
+    assert cudabuild.cuda_archs(lib) == ([61], [70])             # the cached answer, not a new read
     with open(lib, 'ab') as f:
         f.write(b'\0' * 64)                                 # another file now: read again
-    assert gpu.cuda_archs(lib) == ([], [])
+    assert cudabuild.cuda_archs(lib) == ([], [])
     assert len(json.loads(cache_file.read_text())) == 1    # the stale entry is gone
 
 
@@ -138,7 +138,7 @@ def test_a_damaged_elf_file_is_refused(tmp_path):
     bad = tmp_path / 'libbad.so'
     bad.write_bytes(b'\x7fELF' + b'\0' * 20)
     with pytest.raises(ValueError):
-        gpu.fatbin_archs(str(bad))
+        cudabuild.fatbin_archs(str(bad))
 
 
 # ============================================================================ the decision
@@ -171,7 +171,7 @@ def test_ptx_runs_on_every_newer_gpu_and_cubin_only_within_its_major():
     assert gpu.describe_archs(*CU117_ARCHS) == 'machine code for 5.0, 6.0, 7.0, 8.0, 8.6 and no PTX'
 
 
-CU117_BUILD = gpu.MXNetBuild('mxnet-cu117', '1.9.1', '/x/libmxnet.so', True, *CU117_ARCHS)
+CU117_BUILD = cudabuild.MXNetBuild('mxnet-cu117', '1.9.1', '/x/libmxnet.so', True, *CU117_ARCHS)
 
 
 def test_check_gpus_names_the_gpu_the_build_cannot_drive():
@@ -204,7 +204,7 @@ def test_fake_gpus_test_hook_stands_in_for_the_driver(monkeypatch):
 @pytest.mark.skipif(_driver_present() or shutil.which('nvidia-smi') is not None,
                     reason='this machine has an NVIDIA driver')
 def test_no_driver_is_one_line_naming_libcuda():
-    with pytest.raises(gpu.CudaSetupError) as err:
+    with pytest.raises(cudabuild.CudaSetupError) as err:
         gpu.driver_gpus()
     assert 'libcuda.so.1' in str(err.value) and 'install the NVIDIA driver' in str(err.value)
 
@@ -212,11 +212,11 @@ def test_no_driver_is_one_line_naming_libcuda():
 def test_package_pins_match_constraints_and_setup():
     with open(os.path.join(ROOT, 'constraints.txt')) as f:
         pins = dict(line.strip().split('==') for line in f if '==' in line and not line.startswith('#'))
-    for package, version, _ in gpu.CUDA_LIBRARIES.values():
+    for package, version, _ in cudabuild.CUDA_LIBRARIES.values():
         assert pins[package] == version, package
     with open(os.path.join(ROOT, 'setup.py')) as f:
         setup = f.read()
-    for package, _, _ in gpu.CUDA_LIBRARIES.values():
+    for package, _, _ in cudabuild.CUDA_LIBRARIES.values():
         assert "'%s>=" % package in setup, package
     assert pins['mxnet-cu117'] == pins['mxnet-cu112'] == '1.9.1'
 
@@ -339,8 +339,8 @@ def test_cuda_found_by_the_dynamic_loader_still_works(tmp_path):
     system.mkdir()
     for path in glob.glob(os.path.join(CU117_SITE, 'nvidia', '*', 'lib', 'lib*.so*')):
         os.symlink(path, str(system / os.path.basename(path)))
-    code = ('from crunet import perf, gpu; perf.configure(); import mxnet; '
-            'print(mxnet.__version__, sorted(set(gpu.LOADED.values())), len(gpu.LOADED))')
+    code = ('from crunet import cudabuild, perf; perf.configure(); import mxnet; '
+            'print(mxnet.__version__, sorted(set(cudabuild.LOADED.values())), len(cudabuild.LOADED))')
     proc = _run(['-c', code], tmp_path, pythonpath=[site],
                 env_extra={'LD_LIBRARY_PATH': '%s:%s' % (system, driver)})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -146,9 +146,9 @@ def test_without_onednn_the_flags_decide(tmp_path):
     """``MXNET_MKLDNN_ENABLED=0``: no oneDNN line comes back; the flags give the answer."""
     env = dict(os.environ, MXNET_MKLDNN_ENABLED='0')
     info = isa.detect(env, cache=False)
-    assert info['source'] in ('/proc/cpuinfo', 'oneDNN')
-    if info['source'] == '/proc/cpuinfo':
-        assert info['isa'] == isa.cap_isa(isa.isa_from_flags(isa.cpu_flags()), env)
+    assert info['source'] == '/proc/cpuinfo' and info['onednn'] is None
+    assert info['isa'] == isa.cap_isa(isa.isa_from_flags(isa.cpu_flags()), env)
+    assert isa.describe(info).endswith('ISA %s (from /proc/cpuinfo)' % info['isa'])
 
 
 def test_describe_names_cpu_cores_and_isa():
@@ -168,3 +168,29 @@ def test_command_line_names_the_machine(tmp_path):
     assert first.startswith(isa.cpu_model()) and ' cores, oneDNN ' in first
     assert second.startswith('--grouped-conv auto on this CPU: blockdiag')
     assert (tmp_path / 'crunet' / 'isa.json').exists()
+
+
+def test_autotune_measures_once_and_remembers_the_fastest(tmp_path):
+    """``autotune`` times plain/blockdiag8/blockdiag16 on one conv2 unit here, keeps the fastest
+    with the machine's record, and ``--grouped-conv autotune`` then reads it without measuring."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    env.pop('DNNL_MAX_CPU_ISA', None)
+    tune = isa.autotune(environ=env)
+    assert tune['measured'] and set(tune['ms']) == {'plain', 'blockdiag8', 'blockdiag16'}
+    assert tune['best'] == min(tune['ms'], key=tune['ms'].get)
+    assert all(ms > 0 for ms in tune['ms'].values())
+    record = json.loads((tmp_path / 'crunet' / 'isa.json').read_text())
+    (entry,) = record.values()
+    assert entry['autotune']['best'] == tune['best'] and entry['isa'] in isa.ISAS
+    # a marked record proves the second call reads the cache instead of measuring again
+    entry['autotune']['best'] = 'plain' if tune['best'] != 'plain' else 'blockdiag8'
+    (tmp_path / 'crunet' / 'isa.json').write_text(json.dumps(record))
+    assert isa.grouped_conv_for('autotune', environ=env) == entry['autotune']['best']
+    assert isa.detect(env)['autotune']['best'] == entry['autotune']['best']   # detection keeps it
+
+
+def test_command_line_refuses_unknown_flags_in_one_line():
+    proc = subprocess.run([sys.executable, '-m', 'crunet.isa', '--bogus'], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ['error: unrecognized arguments: --bogus (see python -m crunet.isa --help)']

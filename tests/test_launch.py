@@ -1,4 +1,4 @@
-"""tools/launch.py and dist_sync training on localhost (acceptance 4)."""
+"""tools/launch.py and dist_sync training on localhost: sharded data, identical workers, failures stop the job."""
 import json
 import os
 import re

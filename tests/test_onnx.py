@@ -1,4 +1,4 @@
-"""Export (issue 5, acceptance 4): the inference graph (no label input) and ONNX files of
+"""Export: the inference graph (no label input) and ONNX files of
 CRU-Net-56 (released format) and ShaResNet-50 reproduce MXNet's outputs in onnxruntime."""
 import os
 

@@ -1,4 +1,4 @@
-"""score.py (issue 5, acceptance 2): centre crop on a .rec labelled with the model's own
+"""score.py: centre crop on a .rec labelled with the model's own
 predictions gives 0% top-1 error; 10-crop and mean-max pooling match a NumPy computation."""
 import json
 import os

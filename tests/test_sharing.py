@@ -1,8 +1,7 @@
 """Sharing is real: a shared Variable receives the sum of its users' gradients and is
-updated once per step (issue: foundation, acceptance 3)."""
+updated once per step."""
 import mxnet as mx
 import numpy as np
-import pytest
 
 from symbols.blocks import collective_unit, residual_unit, shared_variable
 

@@ -1,4 +1,4 @@
-"""Parameter counts, multiply-adds and sizes against the papers' tables (SPEC section 2)."""
+"""Parameter counts, multiply-adds and sizes match the CRU-Net and ShaResNet papers' tables and the released files."""
 import mxnet as mx
 import pytest
 

@@ -1,6 +1,6 @@
 """train_imagenet.py / crunet.train.fit: real training of a tiny CRU-Net on generated RecordIO files.
 
-Acceptance 1 (the loss goes down on one CPU context and on two with kvstore device), the log
+The loss goes down on one CPU context and on two with kvstore device; the log
 forms, the metrics file and curves, fine-tuning, the NaN guard, --benchmark and --test-io, and
 the learning-rate policies (pure functions, no training).
 """
@@ -54,9 +54,10 @@ def test_one_cpu_loss_goes_down(data, tmp_path):
 
 def test_two_cpu_contexts_device_kvstore(data, tmp_path):
     prefix = tmp_path / 'm'
-    proc = run_train(tiny_args(data, prefix, epochs=3, batch=4, extra=['--cpus', '2', '--kv-store', 'device']),
+    # --batch-size is per machine (MXNet's meaning): 8 split over 2 CPU contexts = 4 per device
+    proc = run_train(tiny_args(data, prefix, epochs=3, batch=8, extra=['--cpus', '2', '--kv-store', 'device']),
                      check=True)
-    assert 'cpu(0),cpu(1): 2 x 4 images per device' in proc.stderr
+    assert 'cpu(0),cpu(1): --batch-size 8 per machine = 2 device(s) x 4 images per device' in proc.stderr
     assert 'global batch 8' in proc.stderr and 'kvstore device' in proc.stderr
     rows = _metrics(prefix)
     assert rows[-1]['train_loss'] < rows[0]['train_loss'] * 0.8, rows

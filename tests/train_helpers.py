@@ -51,7 +51,8 @@ def tiny_data(tmp_path, num_train=64, num_val=32, num_classes=4):
 
 
 def tiny_args(data, prefix, epochs=2, batch=8, extra=()):
-    """Flags of a tiny CRU-Net-22 (cifar preset) run at 32x32 on ``data``."""
+    """Flags of a tiny CRU-Net-22 (cifar preset) run at 32x32 on ``data``; ``batch`` is
+    ``--batch-size``, the images of one step on this machine, split over ``--cpus N``."""
     return ['--network', 'crunet', '--num-layers', '22', '--setting', 'cifar',
             '--num-classes', str(data['num_classes']), '--image-shape', '3,32,32',
             '--data-train', data['train'], '--data-val', data['val'],

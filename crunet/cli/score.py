@@ -23,7 +23,6 @@ preprocessing (3,224,224; 124,117,104; 0.0167; 256). Errors are one line, exit s
 import argparse
 import json
 import logging
-import os
 import sys
 
 from .. import perf
@@ -33,14 +32,16 @@ import mxnet as mx  # noqa: E402
 
 from . import ArgParser  # noqa: E402
 from .. import evaluate as ev  # noqa: E402
-from ..data.iterators import (add_data_args, add_data_aug_args, check_args, check_labels, data_args,  # noqa: E402
-                              get_val_iter, inspect_recordio)
+from ..data.checks import check_labels, inspect_recordio  # noqa: E402
+from ..data.flags import add_data_args, add_data_aug_args, check_args, data_args  # noqa: E402
+from ..data.iterators import get_val_iter  # noqa: E402
 from ..devices import get_contexts, parse_gpus  # noqa: E402
 from ..errors import CLIError, cli_main  # noqa: E402
 from ..files import atomic_write_text  # noqa: E402
 from symbols import ChoiceError  # noqa: E402
 from symbols.blocks import parse_shape  # noqa: E402
 from symbols.checkpoint import CheckpointError, check_params, load_checkpoint, num_classes_of  # noqa: E402
+from symbols.preprocess import training_args  # noqa: E402
 
 #: data flags of common.data that score.py takes (defaults: those of common.data)
 DATA_FLAGS = ('data_val', 'data_nthreads', 'image_shape', 'rgb_mean', 'rgb_std', 'scale', 'data_check',
@@ -71,8 +72,14 @@ def build_parser():
                                           'released models\' preprocessing')
     for dest, action in _data_defaults().items():
         if dest == 'data_val':
-            g.add_argument(*action.option_strings, required=True,
-                           help='validation RecordIO file (.rec) to score, its index (.idx) beside it')
+            g.add_argument(*action.option_strings, default=None,
+                           help='validation RecordIO file (.rec) to score, its index (.idx) beside it '
+                                '(required unless --image)')
+            g.add_argument('--image', nargs='+', metavar='FILE', default=None,
+                           help='classify these image files instead: top-5 classes with their names '
+                                '(crunet/classify.py)')
+            g.add_argument('--synset', metavar='FILE', default=None,
+                           help='with --image: class names, one per line (default: synset.txt beside the model)')
             continue
         g.add_argument(*action.option_strings, type=action.type, choices=action.choices, default=None,
                        help='%s (default %s)' % (action.help.replace('%', '%%'), action.default))
@@ -92,25 +99,9 @@ def build_parser():
     return parser
 
 
-def training_args(prefix):
-    """The flags a training run recorded in ``PREFIX-args.json`` (empty when there is none); a file
-    that is there but is not a JSON object is an error naming it (it is never guessed around)."""
-    path = prefix + '-args.json'
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            found = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CLIError('%s: not the JSON file of a training run (%s); move it away to score with the '
-                       'released models\' preprocessing' % (path, type(exc).__name__))
-    if not isinstance(found, dict):
-        raise CLIError('%s: expected a JSON object of flags, found %s' % (path, type(found).__name__))
-    return found
-
-
 def resolve(args):
-    """Fill unset data flags from PREFIX-args.json, then common.data's defaults."""
+    """Fill unset data flags from PREFIX-args.json (symbols.preprocess.training_args), then the
+    data flags' defaults."""
     trained = training_args(args.model)
     defaults = _data_defaults()
     for dest in DATA_FLAGS:
@@ -123,7 +114,7 @@ def resolve(args):
 
 
 def data_flags(args):
-    """The namespace the data iterators read (:func:`crunet.data.iterators.data_args`), from the
+    """The namespace the data iterators read (:func:`crunet.data.flags.data_args`), from the
     resolved score flags."""
     return data_args(batch_size=args.batch_size, **{dest: getattr(args, dest) for dest in DATA_FLAGS})
 
@@ -175,7 +166,7 @@ def score(args, log=ev.stderr_log):
     # both paths resize every image: every one must decode (checked once per file, cached), and
     # every label must be a class of the model
     info = inspect_recordio(args.data_val, data.data_check, decode_all=True)
-    check_labels(info, args.data_val, num_classes)
+    check_labels(info, args.data_val, num_classes, "the model's %d classes" % num_classes)
     num_records = info.num_records
     total = num_records if args.max_images is None else min(num_records, args.max_images)
     if args.crops == 1:
@@ -200,6 +191,11 @@ def score(args, log=ev.stderr_log):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.image or not args.data_val:              # image files: crunet.classify
+        from .. import classify
+        if not args.image:
+            raise CLIError('--data-val FILE.rec is required (or --image FILE ... to classify image files)')
+        return classify.main(args)
     res = score(args)
     print('top-1 error %.2f%%  top-5 error %.2f%%  (%d images, %.1f images/s, %s, %s pooling)'
           % (100 * res['top1_error'], 100 * res['top5_error'], res['images'], res['images_per_sec'],

@@ -25,10 +25,11 @@ import mxnet as mx  # noqa: E402  (ps-lite servers and schedulers stop inside th
 
 from . import ArgParser  # noqa: E402
 from ..data import iterators as data  # noqa: E402
+from ..data import flags as dflags  # noqa: E402
 from ..errors import CLIError, cli_main  # noqa: E402
 from ..isa import GROUPED_CONV_FLAG_CHOICES, grouped_conv_for  # noqa: E402
 from ..log import setup_logging  # noqa: E402
-from ..train import fit, flags  # noqa: E402
+from ..train import fit, flags, recipe  # noqa: E402
 
 #: the embedded demo: a CIFAR-size CRU-Net on the digits; any flag given overrides these
 DEMO_DEFAULTS = dict(
@@ -48,14 +49,19 @@ def build_parser():
     parser = ArgParser(description='Train a CRU-Net / ResNeXt / ResNet / ShaResNet on RecordIO images; '
                                    'without --data-train: the embedded digits demo.',
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data.add_data_args(parser)
-    data.add_data_aug_args(parser)
+    g = dflags.add_data_args(parser)
+    g.add_argument('--data-train-idx', type=str, default=None,
+                   help='index (.idx) of --data-train; default: beside the .rec (same path, .idx)')
+    g.add_argument('--data-val-idx', type=str, default=None,
+                   help='index (.idx) of --data-val; default: beside the .rec (same path, .idx)')
+    dflags.add_data_aug_args(parser)
     flags.add_fit_args(parser)
     parser.add_argument('--data-dir', type=str, default=os.path.join('runs', 'demo', 'data'),
                         help='demo only: where the bundled digits set is packed (once)')
     parser.add_argument('--grouped-conv', choices=GROUPED_CONV_FLAG_CHOICES, default='auto',
                         help='how grouped 3x3 convolutions are computed in training: auto (this machine\'s '
                              'choice: blockdiag16 on AVX-512 CPUs, blockdiag8 on other CPUs, plain on GPUs), '
+                             'autotune (the fastest of the three measured once on this machine), '
                              'plain, or blockdiag8/blockdiag16 (neighbouring groups merged to a multiple of 8/16 '
                              'channels with a block-diagonal weight: oneDNN\'s blocked kernels; same parameters, '
                              'outputs and gradients); the checkpoint always stores the plain graph')
@@ -102,6 +108,14 @@ def build_symbol(args, grouped_conv='plain', dtype='float32'):
         raise CLIError('--image-shape %s: %s' % (args.image_shape, exc))
 
 
+def check_index_flags(args):
+    """--data-train-idx/--data-val-idx need the .rec they index."""
+    for idx_flag, rec_flag in (('data_train_idx', 'data_train'), ('data_val_idx', 'data_val')):
+        if getattr(args, idx_flag) and not getattr(args, rec_flag):
+            raise CLIError('--%s %s given without --%s' % (idx_flag.replace('_', '-'), getattr(args, idx_flag),
+                                                           rec_flag.replace('_', '-')))
+
+
 def prepare_demo_data(args):
     from ..data.demo import prepare_demo
     info = prepare_demo(args.data_dir, image_size=DEMO_IMAGE_SIZE,
@@ -116,6 +130,7 @@ def prepare_demo_data(args):
 def main(argv=None):
     args, demo = parse_args(argv)
     flags.check_args(args)
+    check_index_flags(args)
     sym = build_symbol(args)            # unknown network/depth/setting: fail before any data work
     setup_logging()
     if demo:
@@ -123,13 +138,17 @@ def main(argv=None):
                      'python train_imagenet.py --help for real data)')
         prepare_demo_data(args)
     if not args.benchmark:
-        for flag in ('data_train', 'data_val'):
+        for flag in ('data_train', 'data_val', 'data_train_idx', 'data_val_idx'):
             path = getattr(args, flag)
             if path and not os.path.isfile(path):
                 raise CLIError('--%s %s: no such file' % (flag.replace('_', '-'), path))
     grouped_conv = grouped_conv_for(args.grouped_conv, gpus=bool(args.gpus))
     logging.info('grouped convolutions in training: %s (--grouped-conv %s)', grouped_conv, args.grouped_conv)
     train_sym = build_symbol(args, grouped_conv, args.dtype)
+    if args.no_wd:                      # the training graph only: PREFIX-symbol.json stays plain
+        train_sym = recipe.without_weight_decay(train_sym)
+        logging.info('--no-wd: no weight decay on %d BatchNorm gamma/beta and bias parameters',
+                     len(recipe.no_wd_names(train_sym)))
     result = fit.fit(args, train_sym, data.get_rec_iter, save_network=sym)
     return result
 

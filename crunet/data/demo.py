@@ -22,7 +22,7 @@ import numpy as np
 from ..cli import ArgParser
 from ..errors import cli_main
 from ..files import atomic_save
-from . import im2rec, recordio
+from . import im2rec, lists, packing, recordio
 
 __all__ = ['prepare_demo', 'main', 'run', 'NUM_CLASSES', 'MAX_IMAGE_SIZE']
 
@@ -45,7 +45,7 @@ def _write_images(img_dir, image_size):
         os.makedirs(d, exist_ok=True)
         ok = cv2.imwrite(os.path.join(d, '%04d.png' % i), cv2.merge([gray, gray, gray]))
         if not ok:
-            raise im2rec.PackError('cannot write %s' % os.path.join(d, '%04d.png' % i))
+            raise lists.PackError('cannot write %s' % os.path.join(d, '%04d.png' % i))
     return len(digits.target)
 
 
@@ -74,9 +74,10 @@ def prepare_demo(out_dir, image_size=32, train_ratio=0.8, seed=0, force=False, n
     end, so a failure (bad option, full disk) leaves the previous files as they were.
     """
     if not 8 <= image_size <= MAX_IMAGE_SIZE:
-        raise im2rec.PackError('--image-size must be in 8..%d (the digits are 8x8), not %d' % (MAX_IMAGE_SIZE, image_size))
+        raise lists.PackError('--image-size must be in 8..%d (the digits are 8x8), not %d'
+                               % (MAX_IMAGE_SIZE, image_size))
     if not 0.0 < train_ratio < 1.0:
-        raise im2rec.PackError('--train-ratio must be between 0 and 1 (exclusive): the demo needs both a training '
+        raise lists.PackError('--train-ratio must be between 0 and 1 (exclusive): the demo needs both a training '
                                'and a validation set, not %s' % train_ratio)
     log = log or (lambda msg: None)
     out_dir = os.path.abspath(out_dir)
@@ -92,16 +93,16 @@ def prepare_demo(out_dir, image_size=32, train_ratio=0.8, seed=0, force=False, n
         log('demo set already in %s' % out_dir)
         result.update(num_train=old['num_train'], num_val=old['num_val'])
         return result
-    im2rec.ensure_dir(out_dir, '--out %s' % out_dir)
+    lists.ensure_dir(out_dir, '--out %s' % out_dir)
     stage = tempfile.mkdtemp(prefix='.digits-build-', dir=out_dir)
     try:
         img_dir = os.path.join(stage, 'images')
         n = _write_images(img_dir, int(image_size))
         log('wrote %d digit images (%dx%d)' % (n, image_size, image_size))
-        lists = im2rec.make_lists(os.path.join(stage, 'digits'), img_dir, train_ratio=train_ratio, seed=seed, log=log)
+        made = lists.make_lists(os.path.join(stage, 'digits'), img_dir, train_ratio=train_ratio, seed=seed, log=log)
         counts = {}
-        for lst, part in zip(lists, ('train', 'val')):
-            st = im2rec.pack(lst, img_dir, num_thread=num_thread, progress=False)
+        for lst, part in zip(made, ('train', 'val')):
+            st = packing.pack(lst, img_dir, num_thread=num_thread, progress=False)
             counts['num_' + part] = st['records']
         meta.update(counts)
         atomic_save(os.path.join(stage, 'digits_meta.json'), json.dumps(meta, indent=1, sort_keys=True))
@@ -148,7 +149,8 @@ def main(argv=None):
 
 def run(argv=None):
     """``python -m crunet.data.demo`` under the exit-code convention of :mod:`crunet.errors`
-    (bad input: one ``error:`` line, exit 2; a full disk: exit 1)."""
+    (bad input: one ``error:`` line, exit 2; a full disk: exit 1; SIGTERM: 143, nothing half-written)."""
+    im2rec.exit_cleanly_on_sigterm()
     return cli_main(main, argv)
 
 

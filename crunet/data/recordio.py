@@ -11,9 +11,14 @@ without MXNet.
 
 Every problem is a :class:`RecordError` whose one-line message names the file and the record.
 """
+# size-exempt: the RecordIO framing and the walk that validates it are one concern (the validation
+# reads the framing record by record); its scan is one pass over the file, kept as one function.
 import collections
+import contextlib
 import os
 import struct
+import sys
+import tempfile
 
 import numpy as np
 
@@ -221,9 +226,10 @@ def read_index(idx_path):
 
 
 def file_identity(path):
-    """``(size, mtime_ns, inode)`` of ``path``: what changes whenever the file is rewritten or replaced."""
+    """``[size, mtime_ns, ctime_ns, device, inode]`` of ``path``: what changes whenever the file is
+    written, replaced or touched (the ctime cannot be set back by a user, unlike the mtime)."""
     st = os.stat(path)
-    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
+    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_dev), int(st.st_ino)]
 
 
 def _read_record(f, offset, size, rec_path, key):
@@ -351,6 +357,44 @@ class _ImageChecker(object):
         return False
 
 
+#: first words of the complaints libpng / libjpeg print on stderr while decoding a damaged image
+DECODER_NOISE = ('libpng ', 'Corrupt JPEG', 'Premature end of JPEG', 'Invalid SOS', 'Unsupported marker',
+                 'Bogus ', 'Not a JPEG', 'JPEG datastream', 'Invalid JPEG', 'Huffman', 'Warning: ')
+
+
+@contextlib.contextmanager
+def decoder_messages():
+    """Capture what C decoders print on file descriptor 2 while the block runs: the complaints of
+    libpng / libjpeg (:data:`DECODER_NOISE`) go into the yielded list (for an error message to quote),
+    anything else is written back to stderr afterwards."""
+    lines = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield lines
+        return
+    tmp = tempfile.TemporaryFile()
+    try:
+        os.dup2(tmp.fileno(), 2)
+        yield lines
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)
+        os.close(saved)
+        tmp.seek(0)
+        other = []
+        for line in tmp.read().decode('utf-8', 'replace').splitlines():
+            (lines if line.startswith(DECODER_NOISE) else other).append(line)
+        tmp.close()
+        if other:
+            sys.stderr.write('\n'.join(other) + '\n')
+            sys.stderr.flush()
+
+
 def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, header_sample=4000,
                   decode_all_below=1000, decode_sample=100, num_threads=2, decodes=opencv_decodes):
     """Validate a ``.rec``/``.idx`` pair and return its :class:`RecordInfo`; raise RecordError if bad.
@@ -367,6 +411,18 @@ def scan_recordio(rec_path, idx_path=None, mode='sample', max_headers=200000, he
     OpenCV's ``cv2.imdecode``; the iterators pass MXNet's own decoder); it runs on
     ``num_threads`` threads when ``num_threads > 1``.
     """
+    try:
+        with decoder_messages() as noise:
+            return _scan(rec_path, idx_path, mode, max_headers, header_sample, decode_all_below, decode_sample,
+                         num_threads, decodes)
+    except RecordError as e:
+        if noise and 'does not decode' in str(e):
+            raise RecordError('%s: %s' % (e, noise[-1].strip())) from None
+        raise
+
+
+def _scan(rec_path, idx_path, mode, max_headers, header_sample, decode_all_below, decode_sample, num_threads,
+          decodes):
     if mode not in ('sample', 'full', 'none'):
         raise ValueError('mode must be sample, full or none, not %r' % (mode,))
     idx_path = idx_path or index_path(rec_path)

@@ -4,24 +4,63 @@
 Synchronous clusters (``dist_sync``, ``dist_device_sync``) run with ``MXNET_UPDATE_ON_KVSTORE=0``:
 the servers sum the gradients and every worker applies the same update, so the optimizer states
 stay on the workers (and in the checkpoints). ``dist_async`` keeps the optimizer on the servers.
+
+Reproducibility of a synchronous cluster (two runs with the same flags and seed):
+
+* weights and optimizer states: bit-identical with 1 or 2 workers. With 3 or more workers the
+  servers add the workers' gradients in the order the pushes arrive, and float addition is not
+  associative, so the last bits of a sum (and from there the weights) may differ between runs;
+  all workers of one run still agree bit for bit (they pull the same sum);
+* BatchNorm statistics and validation metrics: :class:`WorkerSum` adds the workers' values
+  locally in rank order, so the result is bit-identical for any number of workers (given
+  identical local values).
 """
 import os
 
 import mxnet as mx
 
-__all__ = ['create_kvstore', 'is_sync_cluster', 'WorkerSum']
+__all__ = ['create_kvstore', 'is_sync_cluster', 'WorkerSum', 'sum_float16_in_float32']
 
 
-def create_kvstore(kv_store, num_devices):
+def create_kvstore(kv_store, num_devices, dtype='float32'):
     """The kvstore for ``--kv-store`` on ``num_devices`` local devices: None for one device and
-    no cluster. For a synchronous cluster the workers update locally (see the module docstring)."""
+    no cluster. For a synchronous cluster the workers update locally (see the module docstring),
+    and under ``dtype`` float16 the servers sum the gradients in float32
+    (:func:`sum_float16_in_float32`), before any key exists."""
     if 'dist' in kv_store:
         if kv_store != 'dist_async':
             os.environ['MXNET_UPDATE_ON_KVSTORE'] = '0'
-        return mx.kv.create(kv_store)
+        kv = mx.kv.create(kv_store)
+        if dtype == 'float16' and kv_store != 'dist_async':
+            sum_float16_in_float32(kv)
+        return kv
     if num_devices > 1:
         return mx.kv.create(kv_store)
     return None
+
+
+def sum_float16_in_float32(kv):
+    """Make the parameter servers of ``kv`` add float16 pushes in float32.
+
+    With ``MXNET_UPDATE_ON_KVSTORE=0`` MXNet never registers an optimizer on the servers, so it
+    never sends them ``kSetMultiPrecision`` (only ``KVStore.set_optimizer`` does, for a
+    multi-precision optimizer: mxnet/kvstore/kvstore.py 553-600), and a server stores and merges
+    each float16 gradient key in float16: ``updates.merged += recved`` in the key's own dtype,
+    one float16 rounding (and a possible overflow to Inf) per worker added
+    (``KVStoreDistServer::DataHandleDefault``, src/kvstore/kvstore_dist_server.h ~703-755).
+    Once a server has received ``kSetMultiPrecision`` (command 1, ``CommandHandle``) it keeps
+    a float32 copy of every non-float32 key (``store_realt_``, created at the key's init),
+    merges pushes into a float32 buffer (``has_multi_precision_copy``) and answers pulls with
+    the float16 rounding of the float32 sum: one rounding in all, whatever the number of workers.
+
+    Chosen over casting gradients to float32 and pushing them through float32 keys because that
+    needs no second set of keys, no change to ``Module.update`` and no extra traffic (the
+    workers still push float16). Must be sent before the keys are initialised (``Run`` does it
+    when it creates the kvstore). Verified on CPU servers with float16 arrays
+    (tests/test_fp16_multidevice.py); a float16 training itself needs GPUs and was not run here.
+    """
+    from mxnet.kvstore.kvstore import _get_kvstore_server_command_type
+    kv._send_command_to_servers(_get_kvstore_server_command_type('kSetMultiPrecision'), '')
 
 
 def is_sync_cluster(kv):
@@ -29,31 +68,50 @@ def is_sync_cluster(kv):
 
 
 class WorkerSum(object):
-    """Sums (or averages) named arrays over the workers of a synchronous cluster through its
-    servers (which only sum when workers update locally). Keys are initialised once per name."""
+    """Sums (or averages) named arrays over the workers of a synchronous cluster, bit-identically
+    from run to run.
+
+    The servers add pushes in their order of arrival (not reproducible for 3+ workers), so each
+    worker has its own key per name (``PREFIX NAME @RANK``): every worker pushes its value to its
+    own key and zeros to the others' (a synchronous server waits for a push from every worker;
+    adding zeros is exact), pulls every key and adds them locally in rank order. Costs
+    ``num_workers`` times the data of one sum: meant for the small arrays of the epoch's end
+    (BatchNorm statistics, metric counters). Keys are initialised once per name.
+    """
 
     def __init__(self, kv, prefix='__fit_sum__'):
         self.kv = kv
         self.prefix = prefix
         self._ready = set()
 
-    def _key(self, name, like):
-        key = self.prefix + name
-        if key not in self._ready:
-            self.kv.init(key, mx.nd.zeros(like.shape, dtype=like.dtype))
-            self._ready.add(key)
-        return key
+    def _keys(self, name, like):
+        keys = ['%s%s@%d' % (self.prefix, name, r) for r in range(self.kv.num_workers)]
+        if name not in self._ready:
+            for key in keys:
+                self.kv.init(key, mx.nd.zeros(like.shape, dtype=like.dtype))
+            self._ready.add(name)
+        return keys
 
     def sum(self, named):
-        """{name: array summed over the workers} for {name: local array}."""
+        """{name: array summed over the workers, in rank order} for {name: local array}."""
         names = sorted(named)
-        keys = [self._key(n, named[n]) for n in names]
-        for i, (name, key) in enumerate(zip(names, keys)):
-            self.kv.push(key, named[name], priority=-i)
+        rank = self.kv.rank
+        keys = {n: self._keys(n, named[n]) for n in names}
+        pulled = {}
+        for i, name in enumerate(names):
+            for r, key in enumerate(keys[name]):
+                value = named[name] if r == rank else mx.nd.zeros(named[name].shape, dtype=named[name].dtype)
+                self.kv.push(key, value, priority=-i)
+        for i, name in enumerate(names):
+            pulled[name] = [mx.nd.zeros(named[name].shape, dtype=named[name].dtype) for _ in keys[name]]
+            for key, out in zip(keys[name], pulled[name]):
+                self.kv.pull(key, out=out, priority=-i)
         out = {}
-        for i, (name, key) in enumerate(zip(names, keys)):
-            out[name] = mx.nd.zeros(named[name].shape, dtype=named[name].dtype)
-            self.kv.pull(key, out=out[name], priority=-i)
+        for name in names:
+            total = pulled[name][0].copy()
+            for part in pulled[name][1:]:
+                total += part
+            out[name] = total
         mx.nd.waitall()
         return out
 

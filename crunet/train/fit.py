@@ -37,8 +37,8 @@ from symbols.checkpoint import CheckpointError, check_params, expected_shapes, l
 from ..data import recordio
 from ..devices import get_contexts
 from ..errors import CLIError, TrainingDiverged
-from ..files import atomic_write_text
-from . import dist, report, schedule as schedule_mod, state
+from ..files import PrefixLock, atomic_write_text
+from . import dist, recipe, report, schedule as schedule_mod, state
 from .flags import check_args, paper_recipe, resolve_policy
 
 __all__ = ['fit', 'Run', 'EpochData', 'starting_point', 'bind_module', 'initial_params', 'init_optimizer',
@@ -50,16 +50,19 @@ class Run(object):
 
     def __init__(self, args):
         self.contexts = get_contexts(args.gpus, args.cpus)
-        self.kv = dist.create_kvstore(args.kv_store, len(self.contexts))
+        self.kv = dist.create_kvstore(args.kv_store, len(self.contexts), args.dtype)
         self.rank = self.kv.rank if self.kv is not None else 0
         self.num_workers = self.kv.num_workers if self.kv is not None else 1
         self.cluster = 'dist' in args.kv_store
-        self.batch_per_worker = args.batch_size * len(self.contexts)
+        self.batch_per_worker = args.batch_size             # per machine, split over the devices (MXNet's meaning)
+        self.batch_per_device = args.batch_size // len(self.contexts)
         self.global_batch = self.batch_per_worker * (self.num_workers if self.cluster else 1)
         self.writer = self.rank == 0
         self.sums = dist.WorkerSum(self.kv) if dist.is_sync_cluster(self.kv) else None
         log_file = args.log_file if args.log_file is not None else (
             args.model_prefix + '.log' if args.model_prefix else '')
+        # one run per prefix: a second one fails here, before touching its log (crunet.files.PrefixLock)
+        self.lock = PrefixLock(args.model_prefix) if args.model_prefix and self.writer else None
         report.setup_run_logging(log_file, self.rank, self.num_workers)
         if args.model_prefix and self.writer:
             # the flags of the run, for people and for crunet-score (preprocessing, image shape)
@@ -92,16 +95,17 @@ def starting_point(args):
     return 0, None
 
 
-def count_records(rec_path):
+def count_records(rec_path, idx_path=None):
     """Records of a RecordIO file, from its ``.idx`` (None if there is none)."""
-    if not rec_path or not os.path.exists(recordio.index_path(rec_path)):
+    idx = (idx_path or recordio.index_path(rec_path)) if rec_path else None
+    if not idx or not os.path.exists(idx):
         return None
-    return len(recordio.read_index(recordio.index_path(rec_path))[0])
+    return len(recordio.read_index(idx)[0])
 
 
 def epoch_batches_of(args, run):
     """``(num_examples, batches per epoch per worker)``; either may be None (unknown)."""
-    counted = count_records(args.data_train)
+    counted = count_records(args.data_train, args.data_train_idx)
     num_examples = counted or args.num_examples
     if counted and args.num_examples and counted != args.num_examples:
         logging.info('%s holds %d records (not --num-examples %d): epochs are %d images',
@@ -113,42 +117,21 @@ def epoch_batches_of(args, run):
 
 
 class EpochData(object):
-    """The training iterator of each epoch, built afresh with seed ``seed + epoch`` (exact resume,
-    the same order on every run), and the validation iterator. Synchronous clusters cut every
-    worker's epoch to the same number of batches."""
+    """The training iterator, serving epoch E's permutation (seed ``--seed + E``, see
+    ``crunet.data.iterators.TrainIter.set_epoch``: exact resume, the same order on every run), and
+    the validation iterator. Synchronous clusters cut every worker's epoch to the same number of
+    batches."""
 
-    def __init__(self, args, data_loader, kv, batch_per_worker, begin_epoch, epoch_batches):
-        self.args, self.data_loader, self.kv = args, data_loader, kv
-        self.batch = batch_per_worker
+    def __init__(self, args, data_loader, kv, batch_per_worker, epoch_batches):
+        a = copy.copy(args)
+        a.batch_size = batch_per_worker
+        self.train_iter, self.val = data_loader(a, kv)
         self.resize = epoch_batches if dist.is_sync_cluster(kv) else None
-        self.first = self._load(begin_epoch, with_val=True)
-
-    def _load(self, epoch, with_val):
-        a = copy.copy(self.args)
-        a.batch_size = self.batch
-        a.seed = self.args.seed + epoch
-        if not with_val:
-            a.data_val = None
-        train, val = self.data_loader(a, self.kv)
-        if self.resize:
-            train = mx.io.ResizeIter(train, self.resize)
-        return epoch, train, val
-
-    @property
-    def val(self):
-        return self.first[2]
-
-    @property
-    def provide(self):
-        train = self.first[1]
-        return train.provide_data, train.provide_label
+        self.provide = (self.train_iter.provide_data, self.train_iter.provide_label)
 
     def train(self, epoch):
-        if self.first[0] == epoch:
-            train = self.first[1]
-            self.first = (None, None, self.first[2])
-            return train
-        return self._load(epoch, with_val=False)[1]
+        self.train_iter.set_epoch(epoch)
+        return mx.io.ResizeIter(self.train_iter, self.resize) if self.resize else self.train_iter
 
 
 class SyntheticData(object):
@@ -158,6 +141,9 @@ class SyntheticData(object):
         from ..data.iterators import SyntheticDataIter
         shape = (batch_per_worker,) + tuple(int(v) for v in args.image_shape.split(','))
         self.it = SyntheticDataIter(args.num_classes, shape, epoch_batches, np.float32)
+        if args.gpus:   # page-locked: the copy to each GPU is a DMA, not a staged pageable copy
+            self.it.data = self.it.data.as_in_context(mx.cpu_pinned(0))
+            self.it.label = self.it.label.as_in_context(mx.cpu_pinned(0))
         self.val = None
         self.provide = (self.it.provide_data, self.it.provide_label)
 
@@ -179,7 +165,7 @@ def _fitting(sym, arg_params, aux_params, data_shape, what, finetune):
     replaced = []
     if finetune:
         args, aux = expected_shapes(sym, data_shape)
-        for name in sorted(n for n in args if n.startswith('fc6_')):
+        for name in [n for n in args if n.startswith('fc6_')]:            # graph order
             if name not in arg_params or tuple(arg_params[name].shape) != args[name]:
                 replaced.append(name)
         arg_params = {k: v for k, v in arg_params.items() if k in args and k not in replaced}
@@ -272,7 +258,7 @@ def _diverged(what, epoch, nbatch, prefix, last_saved):
         what, epoch, nbatch, params_path(prefix, last_saved) if (prefix and last_saved is not None) else 'none'))
 
 
-def train_epoch(mod, train, epoch, sched, metric, progress, epoch_batches, seen, last_saved, prefix):
+def train_epoch(mod, train, epoch, sched, metric, progress, epoch_batches, seen, last_saved, prefix, feed=None):
     """One pass over ``train``; returns ``(batches, images, last learning rate)``."""
     metric.reset()
     progress.start_epoch()
@@ -283,17 +269,19 @@ def train_epoch(mod, train, epoch, sched, metric, progress, epoch_batches, seen,
         frac = nbatch / float(epoch_batches) if epoch_batches else 0.0
         cur_lr = sched.lr(epoch + min(frac, 1.0))
         state.set_learning_rate(mod, cur_lr)
-        mod.forward_backward(batch)
+        mod.forward_backward(feed.feed(batch, epoch, nbatch) if feed is not None else batch)  # recipe.Recipe
         mod.update_metric(metric, batch.label)
         if not math.isfinite(ce.sum_metric):
             raise _diverged('loss became %s' % ('nan' if ce.sum_metric != ce.sum_metric else 'inf'),
                             epoch, nbatch, prefix, last_saved)
-        mod.update()
+        # after the metric, not before as BaseModule.fit does: with the update queued first, 5 of 6
+        # identical CPU runs ended with other BatchNorm statistics (crunet.train.state.update)
+        state.update(mod)
         if seen is not None:
             report.record_samples(seen, batch)
         nbatch += 1
         images += batch.data[0].shape[0] - (batch.pad or 0)
-        progress.batch(epoch, nbatch, batch.data[0].shape[0], epoch_batches, metric)
+        progress.batch(epoch, nbatch, batch.data[0].shape[0], epoch_batches, metric, lr=cur_lr)
     return nbatch, images, cur_lr
 
 
@@ -303,7 +291,7 @@ def evaluate(mod, val_iter, metric, sums):
     metric.reset()
     val_iter.reset()
     for batch in val_iter:
-        mod.forward(batch, is_train=False)
+        mod.forward(mx.io.DataBatch(batch.data, pad=batch.pad), is_train=False)   # labels may be bound (B, K)
         out = mod.get_outputs(merge_multi_context=True)[0]
         label = batch.label[0]
         n = label.shape[0] - (batch.pad or 0)
@@ -349,6 +337,8 @@ def end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, elapsed, train
         for name, value in val_pairs:
             logging.info('Epoch[%d] Validation-%s=%f', epoch, name, value)
     tr, va = report.summary(train_pairs), report.summary(val_pairs)
+    if va.get('loss') is not None and not math.isfinite(va['loss']):    # finite but overflowing weights
+        raise _diverged('validation loss became %s' % va['loss'], epoch, nbatch, args.model_prefix, ctx['last_saved'])
     sched = ctx['sched']
     if sched.end_epoch(va.get('top1', tr.get('top1'))):
         logging.info('Epoch[%d] no validation gain for %d epochs: learning rate x%g -> %g',
@@ -356,12 +346,15 @@ def end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, elapsed, train
     prefix = args.model_prefix
     if prefix and run.writer and ((epoch + 1) % args.save_period == 0 or epoch + 1 == args.num_epochs):
         state.save_epoch(mod, prefix, epoch + 1, ctx['saved_sym'], arg_p, aux_p, sched.state_dict(), args.dtype)
-        ctx['last_saved'] = epoch + 1
+    if prefix and ((epoch + 1) % args.save_period == 0 or epoch + 1 == args.num_epochs):
+        ctx['last_saved'] = epoch + 1      # on every rank (rank 0 wrote it): what a divergence names
     ips = images / max(elapsed, 1e-9) * (run.num_workers if run.cluster else 1)
     ctx['history'].append(dict(
         epoch=epoch, checkpoint=epoch + 1, lr=cur_lr, seconds=round(elapsed, 3), images_per_sec=round(ips, 2),
         global_batch=run.global_batch, train_top1=tr.get('top1'), train_top5=tr.get('top5'),
         train_loss=tr.get('loss'), val_top1=va.get('top1'), val_top5=va.get('top5'), val_loss=va.get('loss')))
+    if ctx.get('watch') is not None:   # TensorBoard, curves, --keep-last, PREFIX-best (crunet.train.report.Watch)
+        ctx['watch'].end_epoch(ctx['history'].rows, nbatch, saved=ctx['last_saved'] == epoch + 1)
 
 
 def _log_samples(args, run, epoch, seen):
@@ -372,10 +365,11 @@ def _log_samples(args, run, epoch, seen):
 
 
 def _log_plan(args, run, sched, wd, num_examples, epoch_batches):
-    logging.info('Training %s%s on %s: %d x %d images per device, %d worker(s), global batch %d; kvstore %s',
+    logging.info('Training %s%s on %s: --batch-size %d per machine = %d device(s) x %d images per device, '
+                 '%d worker(s), global batch %d; kvstore %s',
                  args.network, '-%s' % args.num_layers if args.num_layers else '',
-                 ','.join(str(c) for c in run.contexts), len(run.contexts), args.batch_size, run.num_workers,
-                 run.global_batch, args.kv_store if run.kv is not None else 'none (one device)')
+                 ','.join(str(c) for c in run.contexts), args.batch_size, len(run.contexts), run.batch_per_device,
+                 run.num_workers, run.global_batch, args.kv_store if run.kv is not None else 'none (one device)')
     logging.info('Optimizer %s, momentum %g, wd %g; lr policy: %s', args.optimizer, args.mom, wd, sched.describe())
     if num_examples:
         logging.info('%d training images, %d batches per epoch per worker', num_examples, epoch_batches)
@@ -402,10 +396,11 @@ def fit(args, network, data_loader, save_network):
             a = copy.copy(args)
             a.batch_size = run.batch_per_worker
             return dict(images_per_sec=test_io(a, run.kv, args.test_io_batches))
-        data = EpochData(args, data_loader, run.kv, run.batch_per_worker, begin_epoch, epoch_batches)
-    mod = bind_module(network, run.contexts, data.provide)
+        data = EpochData(args, data_loader, run.kv, run.batch_per_worker, epoch_batches)
+    feed = recipe.Recipe.from_args(args, len(run.contexts))
+    mod = bind_module(network, run.contexts, feed.provide(data.provide))
     arg_params, aux_params, allow_missing = initial_params(mod, args, load_epoch)
-    mod.init_params(mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2), arg_params=arg_params,
+    mod.init_params(recipe.make_initializer(args.initializer), arg_params=arg_params,
                     aux_params=aux_params, allow_missing=allow_missing, force_init=True)
     wd = init_optimizer(mod, args, run, sched, begin_epoch, epoch_batches, arg_params)
     _log_plan(args, run, sched, wd, num_examples, epoch_batches)
@@ -415,7 +410,9 @@ def fit(args, network, data_loader, save_network):
     ctx = dict(sched=sched, history=history, last_saved=load_epoch, saved_sym=save_network, val=data.val,
                val_metric=report.make_metrics(args.num_classes, args.top_k))
     train_metric = report.make_metrics(args.num_classes, args.top_k)
-    progress = report.Progress(args.num_epochs, begin_epoch, args.disp_batches, run.num_workers, time.time)
+    ctx['watch'] = report.Watch(args, run.writer, begin_epoch, feed.describe())
+    progress = report.Progress(args.num_epochs, begin_epoch, args.disp_batches, run.num_workers, time.time,
+                               board=ctx['watch'].board)
     if begin_epoch >= args.num_epochs:
         logging.info('Checkpoint epoch %d >= --num-epochs %d: nothing to train', begin_epoch, args.num_epochs)
     try:
@@ -424,18 +421,22 @@ def fit(args, network, data_loader, save_network):
             seen = dict(labels=[], ids=[]) if args.log_samples else None
             tic = time.time()
             nbatch, images, cur_lr = train_epoch(mod, data.train(epoch), epoch, sched, train_metric, progress,
-                                                 epoch_batches, seen, ctx['last_saved'], args.model_prefix)
+                                                 epoch_batches, seen, ctx['last_saved'], args.model_prefix,
+                                                 feed if feed.active else None)
             epoch_batches = epoch_batches or nbatch
             end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, time.time() - tic, train_metric)
             if seen is not None:
                 _log_samples(args, run, epoch, seen)
     finally:
+        ctx['watch'].close()
         if args.model_prefix and run.writer and args.plot and history.rows:
             try:
                 report.plot_curves(history.rows, args.model_prefix + '-curves.png',
                                    title=os.path.basename(args.model_prefix))
             except Exception as exc:              # a plot must never fail the run
                 logging.warning('could not draw %s-curves.png: %s', args.model_prefix, exc)
+        if run.lock is not None:
+            run.lock.release()            # the prefix is free for the next run (also in this process)
     arg_p, aux_p = state.device_params(mod)
     logging.info('Worker %d/%d final parameter checksum %s', run.rank, run.num_workers,
                  report.param_checksum(arg_p, aux_p))

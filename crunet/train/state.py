@@ -19,11 +19,12 @@ Files of epoch N under a prefix (``symbols.checkpoint`` names them):
   layout of each state). ``mx.nd.load`` reads it; nothing in it can run code. Files of the
   earlier pickle format are refused, never unpickled (``crunet-train convert-states``).
 """
+import copy
 import glob
 import json
 import logging
-import os
 import re
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -34,8 +35,8 @@ from ..errors import CLIError
 from ..files import atomic_save
 
 __all__ = ['STATES_FORMAT', 'states_path', 'list_checkpoints', 'latest_checkpoint', 'finite_params',
-           'save_epoch', 'read_states', 'write_states', 'restore_optimizer', 'device_params', 'sync_aux',
-           'set_learning_rate', 'pull_initial_params', 'optimizer_on_servers', 'is_pickle']
+           'save_epoch', 'read_states', 'write_states', 'restore_optimizer', 'device_params', 'replica_spread', 'mean_aux', 'sync_aux', 'settle',
+           'update', 'set_learning_rate', 'pull_initial_params', 'optimizer_on_servers', 'is_pickle']
 
 STATES_FORMAT = 'crunet-mxnet/optimizer-states/2'
 _META = '__meta__'
@@ -176,27 +177,67 @@ def _num_devices(mod):
     return 1 if mod._update_on_kvstore else len(mod._context)
 
 
+def update(mod, aggregated=None):
+    """``mod.update()``, except that with the ``nccl`` kvstore (``aggregated`` None: decided from the
+    kvstore; True/False force it) the gradients go through MXNet's aggregated path.
+
+    ``Module.update`` (module/module.py 646-673) calls ``_update_params_on_kvstore`` (model.py
+    154-167): one ``pushpull`` per parameter, i.e. one NCCL reduce + broadcast per array. MXNet
+    has the aggregated ``_update_params_on_kvstore_nccl`` (model.py 134-152: one ``pushpull`` of
+    ``MXNET_UPDATE_AGGREGATION_SIZE`` (16) parameters at a time), which only the old
+    ``FeedForward`` uses (model.py 326). Both update the weights on the kvstore with the same
+    optimizer; only the grouping of the calls differs."""
+    kv = mod._kvstore
+    if aggregated is None:
+        aggregated = kv is not None and mod._update_on_kvstore and kv.type == 'nccl'
+    if not aggregated:
+        mod.update()
+        return
+    assert mod.binded and mod.params_initialized and mod.optimizer_initialized and mod._update_on_kvstore
+    mod._params_dirty = True
+    group = mod._exec_group
+    mx.model._update_params_on_kvstore_nccl(group.param_arrays, group.grad_arrays, kv, group.param_names)
+
+
 def set_learning_rate(mod, lr):
     """Set the rate of the next update (a no-op when the optimizer lives on the servers)."""
     if not optimizer_on_servers(mod):
         mod._optimizer.set_learning_rate(lr)
 
 
-def _master_position(opt):
-    """Index of the float32 master copy in the state a multi-precision optimizer creates for a
-    float16 weight (``SGD``/``NAG`` put it last, the base ``Optimizer`` first); None if none."""
+def _layout(state):
+    """The nesting of an optimizer state: None, 'a' (an array) or a tuple of layouts."""
+    if state is None:
+        return None
+    if isinstance(state, mx.nd.NDArray):
+        return 'a'
+    return tuple(_layout(s) for s in state)
+
+
+def _mp_probe(opt):
+    """``(position, layout)`` of the float32 master copy in the state a multi-precision ``opt``
+    creates for a float16 weight (``SGD``/``NAG`` put it last, the base ``Optimizer`` first), and
+    that state's layout; ``(None, None)`` when there is none."""
     probe = mx.nd.ones((2,), dtype='float16')
+    opt = copy.copy(opt)                    # where the master would be, whatever this run's setting
+    opt.multi_precision = True
     try:
-        state = opt.create_state_multi_precision(0, probe)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            state = opt.create_state_multi_precision(0, probe)
     except Exception:                       # optimizers that refuse float16
-        return None
+        return None, None
     if not isinstance(state, (tuple, list)):
-        return None
+        return None, None
     for i, s in enumerate(state):
         if isinstance(s, mx.nd.NDArray) and s.dtype == np.float32 and s.shape == (2,) and \
                 float(s.asnumpy().min()) == 1.0:
-            return i
-    return None
+            return i, _layout(state)
+    return None, None
+
+
+def _master_position(opt):
+    return _mp_probe(opt)[0]
 
 
 def _states_by_name(mod):
@@ -224,10 +265,24 @@ def _counts_by_name(mod):
     return counts
 
 
+def settle():
+    """Wait for every queued operation before BatchNorm statistics are read or replaced.
+
+    MXNet 1.9.1's oneDNN BatchNorm updates ``moving_mean``/``moving_var`` in its *backward*
+    pass (``MKLDNNBatchNormBackward``: ``moving_mean_ptr[i] = moving_mean_ptr[i] * momentum +
+    out_mean_ptr[i] * (1 - momentum)``, src/operator/nn/mkldnn/mkldnn_batch_norm-inl.h), where
+    the engine knows them only as inputs, so a read queued after the last batch does not wait
+    for that write. Measured: two identical dist_sync runs (1 or 2 workers) wrote moving
+    statistics differing by up to 2.0 (weights bit-identical); identical with this wait (and
+    with ``MXNET_ENGINE_TYPE=NaiveEngine``)."""
+    mx.nd.waitall()
+
+
 def device_params(mod):
     """``(arg_params, aux_params)`` as float32 CPU arrays from one device's copy: the weights
     (their float32 master copies under float16 multi-precision) and the BatchNorm statistics."""
     group = mod._exec_group
+    settle()
     states = _states_by_name(mod) if not optimizer_on_servers(mod) and mod._optimizer.multi_precision else {}
     pos = _master_position(mod._optimizer) if states else None
     arg = {}
@@ -242,9 +297,23 @@ def device_params(mod):
     return arg, aux
 
 
+def replica_spread(mod):
+    """The largest absolute difference between two devices' copies of a weight or a BatchNorm
+    statistic (0.0: every replica identical; 0.0 for one device)."""
+    group = mod._exec_group
+    settle()
+    worst = 0.0
+    for arrays in list(group.param_arrays) + list(group.aux_arrays):
+        first = arrays[0].asnumpy()
+        for a in arrays[1:]:
+            worst = max(worst, float(np.abs(a.asnumpy().astype(np.float64) - first).max()))
+    return worst
+
+
 def mean_aux(mod):
     """BatchNorm statistics averaged over this worker's devices (float32, CPU)."""
     group = mod._exec_group
+    settle()
     out = {}
     for name, arrs in zip(group.aux_names, group.aux_arrays):
         total = arrs[0].astype('float32').as_in_context(mx.cpu())
@@ -257,6 +326,7 @@ def mean_aux(mod):
 def sync_aux(mod, aux_params):
     """Give every device the BatchNorm statistics that were just checkpointed, so a run that
     continues and a run resumed from the checkpoint hold the same values."""
+    settle()
     mod._aux_params.update(aux_params)
     for name, arrs in zip(mod._exec_group.aux_names, mod._exec_group.aux_arrays):
         for a in arrs:
@@ -296,9 +366,7 @@ def restore_optimizer(mod, meta, states, arg_params, dtype, path):
         raise CLIError('%s was written by the %s optimizer, this run uses %s (--optimizer)'
                        % (path, meta['optimizer'], type(opt).__name__))
     saved_fp16 = meta.get('dtype') == 'float16'
-    pos = _master_position(opt)
-    pos_from = pos if saved_fp16 else None
-    pos_to = pos if (dtype == 'float16' and opt.multi_precision) else None
+    pos, mp_layout = _mp_probe(opt)
     if saved_fp16 != (dtype == 'float16'):
         logging.info('%s was written by a %s run: optimizer states converted for --dtype %s', path,
                      meta.get('dtype'), dtype)
@@ -311,8 +379,13 @@ def restore_optimizer(mod, meta, states, arg_params, dtype, path):
         if name not in states:
             continue
         state = states[name]
-        if pos_from != pos_to:
-            state = _convert_state(state, pos_from, pos_to, arg_params[name].astype('float32'))
+        # per parameter: a float16 run keeps float32 weights (BatchNorm's) without a master copy
+        has_master = pos is not None and saved_fp16 and _layout(state) == mp_layout
+        wants_master = pos is not None and opt.multi_precision and \
+            mod._exec_group.param_arrays[i][0].dtype == np.float16
+        if has_master != wants_master:
+            state = _convert_state(state, pos if has_master else None, pos if wants_master else None,
+                                   arg_params[name].astype('float32'))
         keys = [name] if mod._update_on_kvstore else [i * ndev + k for k in range(ndev)]
         for key in keys:
             new[key] = _copy_state(state)
