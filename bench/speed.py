@@ -101,6 +101,8 @@ def _peak_rss_mb():
 
 
 def _device_mem_mb(mx, ctx):
+    """GPU memory in use on the device (total - free): device-wide, so MXNet's pool, cuDNN
+    workspaces and other processes count too; None on the CPU (peak RSS is reported there)."""
     if ctx.device_type != 'gpu':
         return None
     free, total = mx.context.gpu_memory_info(ctx.device_id)
@@ -351,7 +353,12 @@ def format_table(rows, peers, machine=None):
     head += ['G MACs', 'train img/s', 'score img/s', 'train GMAC/s', 'score GMAC/s']
     head += ['train x %s' % PEER_SHORT.get(p, p) for p in peers]
     head += ['score x %s' % PEER_SHORT.get(p, p) for p in peers]
-    head += ['peak RSS train MB', 'peak RSS score MB', 'others\' CPU']
+    if machine and machine['device'].startswith('GPU'):
+        # gpu_memory_info is device-wide (total - free): MXNet's pool, cuDNN workspaces, other processes
+        head += ['GPU memory in use train MB (device-wide)', 'GPU memory in use score MB (device-wide)']
+    else:
+        head += ['peak RSS train MB', 'peak RSS score MB']
+    head += ['others\' CPU']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     if machine:
         lines.insert(0, 'Machine: %s; %s; this project\'s grouped convolutions: %s\n'

@@ -270,6 +270,9 @@ def grouped_conv_for(choice='auto', gpus=False, flags=None, environ=None):
         return choice
     if gpus:
         return 'plain'
+    env = os.environ if environ is None else environ
+    if env.get('MXNET_MKLDNN_ENABLED', '1').strip().lower() in ('0', 'false'):
+        return 'plain'          # the block-diagonal graphs are oneDNN's (their fused BatchNorm-ReLU needs it)
     if choice == 'autotune':
         return autotune(environ=environ)['best']
     if flags is not None:

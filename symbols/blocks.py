@@ -29,7 +29,8 @@ BN_MOMENTUM = 0.9
 #:              times the multiply-adds, but oneDNN's blocked direct kernels (and BatchNorm's blocked
 #:              kernels around them) instead of its per-group reference fallbacks. 8 is the f32
 #:              vector width of AVX2, 16 of AVX-512; ``crunet.isa`` picks the one the machine wants
-#:              (bench/FINDINGS.md).
+#:              (bench/FINDINGS.md). They are oneDNN (CPU) training graphs; ``blockdiag16`` also
+#:              fuses every BatchNorm -> ReLU where that is exact (:func:`fuses_bn_relu`).
 GROUPED_CONV_CHOICES = ('plain', 'blockdiag8', 'blockdiag16')
 _MERGE_MULTIPLE = {'plain': None, 'blockdiag8': 8, 'blockdiag16': 16}
 
@@ -59,8 +60,28 @@ def bn(data, name, fix_gamma=False):
     return mx.sym.BatchNorm(data=data, fix_gamma=fix_gamma, momentum=BN_MOMENTUM, name=name)
 
 
-def bn_ac(data, name):
-    """BatchNorm ``name__bn`` followed by ReLU ``name__relu``."""
+def fuses_bn_relu(grouped_conv, dtype='float32', channels=None):
+    """Whether a network of formulation ``grouped_conv`` in ``dtype`` whose BatchNorms see
+    ``channels`` (every width of its table) computes each BatchNorm -> ReLU pair as one oneDNN
+    ``BatchNormWithReLU``: only ``blockdiag16`` in float32 with every width a multiple of 16, where
+    all of oneDNN's activations and gradients are in its 16-channel blocks. There the fused
+    operator gives the same outputs, gradients and statistics bit for bit as the pair (every such
+    network of the zoo is checked in tests/test_speed_equivalence.py), and a CRU-Net-56 training
+    step is ~10% faster on AVX-512 (bench/FINDINGS.md, section 6). Wherever layouts mix (8-channel
+    blocks, widths such as 136, or an outside gradient in MXNet's plain layout) its input gradient is
+    wrong in MXNet 1.9.1, so ``plain`` (checkpoints, exports, GPUs), ``blockdiag8`` and other dtypes
+    never fuse."""
+    check_grouped_conv(grouped_conv)
+    return grouped_conv == 'blockdiag16' and dtype == 'float32' and channels is not None and \
+        all(int(c) % 16 == 0 for c in channels)
+
+
+def bn_ac(data, name, fuse=False):
+    """BatchNorm ``name__bn`` followed by ReLU ``name__relu``; with ``fuse``, one
+    ``BatchNormWithReLU`` named ``name__bn`` (the same parameters and auxiliary states)."""
+    if fuse:
+        return mx.sym.contrib.BatchNormWithReLU(data=data, fix_gamma=False, momentum=BN_MOMENTUM,
+                                                name='%s__bn' % name)
     return mx.sym.Activation(data=bn(data, '%s__bn' % name), act_type='relu', name='%s__relu' % name)
 
 
@@ -126,17 +147,19 @@ def conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weig
 
 
 def bn_ac_conv(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None,
-               grouped_conv='plain'):
+               grouped_conv='plain', fuse=False):
     """Pre-activation BN -> ReLU -> Conv; BatchNorm is named ``name__bn__bn``."""
-    return conv(bn_ac(data, '%s__bn' % name), name, num_filter, kernel, stride, pad, num_group, weight,
+    return conv(bn_ac(data, '%s__bn' % name, fuse), name, num_filter, kernel, stride, pad, num_group, weight,
                 grouped_conv=grouped_conv)
 
 
 def conv_bn_ac(data, name, num_filter, kernel=1, stride=1, pad=None, num_group=1, weight=None, act=True,
-               grouped_conv='plain'):
+               grouped_conv='plain', fuse=False):
     """Post-activation Conv -> BN (``name__bn``) -> ReLU (omitted with ``act=False``)."""
-    out = bn(conv(data, name, num_filter, kernel, stride, pad, num_group, weight, grouped_conv=grouped_conv),
-             '%s__bn' % name)
+    out = conv(data, name, num_filter, kernel, stride, pad, num_group, weight, grouped_conv=grouped_conv)
+    if act and fuse:
+        return mx.sym.contrib.BatchNormWithReLU(data=out, fix_gamma=False, momentum=BN_MOMENTUM, name='%s__bn' % name)
+    out = bn(out, '%s__bn' % name)
     return mx.sym.Activation(out, act_type='relu', name='%s__relu' % name) if act else out
 
 
@@ -149,7 +172,7 @@ def shared_variable(cache, name, shape=None):
 
 # ----------------------------------------------------------------------------- residual units
 def residual_unit(data, name, width, out, groups, stride, proj, preact=True, basic=False, weight3=None,
-                  grouped_conv='plain'):
+                  grouped_conv='plain', fuse=False):
     """ResNeXt / ResNet residual unit (the authors' ``ResidualFactory``).
 
     Bottleneck ``c1x1-a`` -> ``c3x3-b`` (grouped, stride) -> ``c1x1-c``, or with ``basic`` two
@@ -159,9 +182,9 @@ def residual_unit(data, name, width, out, groups, stride, proj, preact=True, bas
     ``weight3`` shares the weight of ``c3x3-b`` (ShaResNet).
     """
     if preact:
-        unit, last = bn_ac_conv, bn_ac_conv
+        unit = last = functools.partial(bn_ac_conv, fuse=fuse)
     else:
-        unit, last = conv_bn_ac, functools.partial(conv_bn_ac, act=False)
+        unit, last = functools.partial(conv_bn_ac, fuse=fuse), functools.partial(conv_bn_ac, act=False)
     short = data
     if proj:
         w = mx.sym.Variable('%s_c1x1-w_weight' % name)
@@ -178,7 +201,7 @@ def residual_unit(data, name, width, out, groups, stride, proj, preact=True, bas
     return body if preact else mx.sym.Activation(body, act_type='relu', name='%s_relu' % name)
 
 
-def collective_unit(data, name, width, out, stride, proj, group, cache):
+def collective_unit(data, name, width, out, stride, proj, group, cache, fuse=False):
     """Collective residual unit (the authors' ``CRUFactory``), bases shared by ``group``.
 
     The shared 1x1 bases ``G_1x1_bases[dim3]_weight`` (width, out, 1, 1) and the shared
@@ -191,13 +214,13 @@ def collective_unit(data, name, width, out, stride, proj, group, cache):
     short = body_in = data
     if proj:
         w = mx.sym.Variable('%s_c1x1-w_weight' % name)
-        body_in = short = bn_ac_conv(data, '%s_c1x1-w(s/1)' % name, out, 1, 1, weight=w)
+        body_in = short = bn_ac_conv(data, '%s_c1x1-w(s/1)' % name, out, 1, 1, weight=w, fuse=fuse)
         if stride > 1:
-            short = bn_ac_conv(data, '%s_c1x1-w(s/key)' % name, out, 1, stride, weight=w)
-    body = bn_ac_conv(body_in, '%s_c1x1-a' % name, width, 1, weight=w1)
+            short = bn_ac_conv(data, '%s_c1x1-w(s/key)' % name, out, 1, stride, weight=w, fuse=fuse)
+    body = bn_ac_conv(body_in, '%s_c1x1-a' % name, width, 1, weight=w1, fuse=fuse)
     body = conv(body, '%s_c3x3-b(1)' % name, width, 3, stride, num_group=width, weight=w3)
-    body = bn_ac_conv(body, '%s_c1x1-b(2)' % name, width, 1)
-    body = bn_ac_conv(body, '%s_c1x1-c' % name, out, 1)
+    body = bn_ac_conv(body, '%s_c1x1-b(2)' % name, width, 1, fuse=fuse)
+    body = bn_ac_conv(body, '%s_c1x1-c' % name, out, 1, fuse=fuse)
     return mx.sym.ElementWiseSum(short, body, name='%s_ele-sum' % name)
 
 
@@ -219,11 +242,15 @@ def data_input(dtype='float32'):
     return mx.sym.Cast(data, dtype='float16') if dtype == 'float16' else data
 
 
-def imagenet_stem(data, preact=True, filters=64):
+def imagenet_stem(data, preact=True, filters=64, fuse=False):
     """7x7/2 convolution ``conv1_x_1``, BN + ReLU, 3x3/2 max pooling ``pool1``."""
     body = conv(data, 'conv1_x_1', filters, 7, 2, 3)
-    body = bn_ac(body, 'conv1_x_1__relu-sp') if preact else \
-        mx.sym.Activation(bn(body, 'conv1_x_1__bn'), act_type='relu', name='conv1_x_1__relu')
+    if preact:
+        body = bn_ac(body, 'conv1_x_1__relu-sp', fuse)
+    elif fuse:
+        body = mx.sym.contrib.BatchNormWithReLU(data=body, fix_gamma=False, momentum=BN_MOMENTUM, name='conv1_x_1__bn')
+    else:
+        body = mx.sym.Activation(bn(body, 'conv1_x_1__bn'), act_type='relu', name='conv1_x_1__relu')
     return mx.sym.Pooling(body, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type='max', name='pool1')
 
 
@@ -244,7 +271,7 @@ def global_pool(body, pooling='avg'):
     return mx.sym._internal._mul_scalar(mx.sym.elemwise_add(avg, top, name='pool5_sum'), scalar=0.5, name='pool5')
 
 
-def classifier(body, num_classes, preact=True, dtype='float32', pooling='avg', output='softmax'):
+def classifier(body, num_classes, preact=True, dtype='float32', pooling='avg', output='softmax', fuse=False):
     """The head: final BN + ReLU (pre-activation only), :func:`global_pool` ``pool5``, ``flatten``,
     ``fc6`` and the output: ``softmax`` (``SoftmaxOutput``, for training and checkpoints),
     ``probabilities`` (a softmax named ``softmax`` without label input, for deployment),
@@ -252,7 +279,7 @@ def classifier(body, num_classes, preact=True, dtype='float32', pooling='avg', o
     if output not in OUTPUTS:
         raise ValueError('output must be one of %s, not %r' % (', '.join(OUTPUTS), output))
     if preact:
-        body = bn_ac(body, 'conv5_x_x__relu-sp')
+        body = bn_ac(body, 'conv5_x_x__relu-sp', fuse)
     body = mx.sym.Flatten(global_pool(body, pooling), name='flatten')
     if output == 'features':
         return body
@@ -266,46 +293,54 @@ def classifier(body, num_classes, preact=True, dtype='float32', pooling='avg', o
     return mx.sym.SoftmaxOutput(body, name='softmax')
 
 
-def _stage_unit(body, st, stage, i, in_width, preact, basic, cache, grouped_conv):
+def _stage_unit(body, st, stage, i, in_width, preact, basic, cache, grouped_conv, fuse):
     """Unit ``i`` (0-based) of stage ``stage`` (table row ``st``)."""
     name = 'conv%d_x__%d' % (stage, i + 1)
     stride = 2 if (i == 0 and stage > 2) else 1
     proj = i == 0 and (stride > 1 or in_width != st.out)
     if st.share:
         return collective_unit(body, name, st.width, st.out, stride, proj,
-                               share_group(stage, i, st.share, st.units), cache)
+                               share_group(stage, i, st.share, st.units), cache, fuse)
     tied = st.share3x3_from is not None and i >= st.share3x3_from
     w3 = shared_variable(cache, 'conv%d_x__x_3x3_shared_weight' % stage) if tied else None
     groups = st.width if st.groups == 0 else st.groups
     return residual_unit(body, name, st.width, st.out, groups, stride, proj, preact=preact, basic=basic,
-                         weight3=w3, grouped_conv=grouped_conv)
+                         weight3=w3, grouped_conv=grouped_conv, fuse=fuse)
 
 
-def build_body(stages, stem='imagenet', preact=True, basic=False, dtype='float32', grouped_conv='plain'):
+def _widths(stages, stem):
+    """Every channel count a BatchNorm of the network sees: the stem's and each stage's widths."""
+    return [64 if stem == 'imagenet' else 16] + [w for st in stages for w in (st.width, st.out)]
+
+
+def build_body(stages, stem='imagenet', preact=True, basic=False, dtype='float32', grouped_conv='plain',
+               fuse_bn_relu=None):
     """The feature extractor of a table of :class:`Stage` rows: stem, then stage 2 (resolution kept),
-    3, 4, ... (each halving it); the last feature map, before the head."""
+    3, 4, ... (each halving it); the last feature map, before the head. ``fuse_bn_relu`` (default:
+    :func:`fuses_bn_relu` of the formulation) computes each BatchNorm -> ReLU as one operator."""
     if stem not in STEMS:
         raise ValueError('stem must be one of %s, not %r' % (', '.join(STEMS), stem))
-    check_grouped_conv(grouped_conv)
+    fuse = fuses_bn_relu(grouped_conv, dtype, _widths(stages, stem)) if fuse_bn_relu is None else bool(fuse_bn_relu)
     data = data_input(dtype)
-    body = imagenet_stem(data, preact=preact) if stem == 'imagenet' else cifar_stem(data)
+    body = imagenet_stem(data, preact=preact, fuse=fuse) if stem == 'imagenet' else cifar_stem(data)
     in_width = 64 if stem == 'imagenet' else 16
     cache = {}
     for s, st in enumerate(stages):
         for i in range(st.units):
-            body = _stage_unit(body, st, 2 + s, i, in_width, preact, basic, cache, grouped_conv)
+            body = _stage_unit(body, st, 2 + s, i, in_width, preact, basic, cache, grouped_conv, fuse)
             in_width = st.out
     return body
 
 
 def build_network(stages, num_classes, stem='imagenet', preact=True, basic=False, dtype='float32',
-                  grouped_conv='plain', pooling='avg', output='softmax'):
+                  grouped_conv='plain', pooling='avg', output='softmax', fuse_bn_relu=None):
     """A network of the zoo from its table of :class:`Stage` rows: :func:`build_body` then
     :func:`classifier`. Pre-activation (CRU-Net, ResNeXt, ResNet, CIFAR ShaResNets) or
     post-activation (ImageNet ShaResNets); bottleneck or ``basic`` blocks; units of a stage with
     ``share > 0`` are collective units sharing their bases in runs of ``share`` units."""
-    body = build_body(stages, stem, preact, basic, dtype, grouped_conv)
-    return classifier(body, num_classes, preact=preact, dtype=dtype, pooling=pooling, output=output)
+    fuse = fuses_bn_relu(grouped_conv, dtype, _widths(stages, stem)) if fuse_bn_relu is None else bool(fuse_bn_relu)
+    body = build_body(stages, stem, preact, basic, dtype, grouped_conv, fuse)
+    return classifier(body, num_classes, preact=preact, dtype=dtype, pooling=pooling, output=output, fuse=fuse)
 
 
 def parse_shape(image_shape):

@@ -142,6 +142,9 @@ def main(argv=None):
             path = getattr(args, flag)
             if path and not os.path.isfile(path):
                 raise CLIError('--%s %s: no such file' % (flag.replace('_', '-'), path))
+    if args.grouped_conv.startswith('blockdiag') and (args.gpus or os.environ.get('MXNET_MKLDNN_ENABLED') == '0'):
+        raise CLIError('--grouped-conv %s is a oneDNN (CPU) training graph; %s use --grouped-conv auto or plain'
+                       % (args.grouped_conv, 'on GPUs' if args.gpus else 'with MXNET_MKLDNN_ENABLED=0'))
     grouped_conv = grouped_conv_for(args.grouped_conv, gpus=bool(args.gpus))
     logging.info('grouped convolutions in training: %s (--grouped-conv %s)', grouped_conv, args.grouped_conv)
     train_sym = build_symbol(args, grouped_conv, args.dtype)
