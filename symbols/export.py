@@ -379,7 +379,7 @@ def _load_kwargs(args):
 def main(argv=None):
     # MXNet logs "Subgraph backend MKLDNN is activated" on stderr at every bind of the checks
     os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
-    parser = ArgParser(prog='python -m symbols.export', description=__doc__,
+    parser = ArgParser(prog='crunet-export', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('convert', help='released -symbol.json -> stock MXNet -symbol.json')

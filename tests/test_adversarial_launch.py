@@ -13,30 +13,10 @@ import time
 import pytest
 
 from crunet import launch
+from train_helpers import ROOT, job_pids
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'tools', 'launch.py')
 SLEEP = [sys.executable, '-c', 'import time; time.sleep(60)']
-
-
-def _job_pids(port):
-    """{pid: role} of the live processes started with DMLC_PS_ROOT_PORT=port."""
-    out = {}
-    for pid in os.listdir('/proc'):
-        if not pid.isdigit():
-            continue
-        try:
-            with open('/proc/%s/environ' % pid, 'rb') as f:
-                items = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
-            with open('/proc/%s/stat' % pid) as f:
-                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-                    continue                                   # exited, not yet reaped
-        except (OSError, IndexError):
-            continue
-        if items.get(b'DMLC_PS_ROOT_PORT') == str(port).encode():
-            rank = items.get(b'DMLC_WORKER_ID', items.get(b'DMLC_SERVER_ID', b''))
-            out[int(pid)] = ('%s %s' % (items.get(b'DMLC_ROLE', b'?').decode(), rank.decode())).strip()
-    return out
 
 
 def _wait_for(cond, timeout):
@@ -59,7 +39,7 @@ class Job(object):
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
     def started(self):
-        pids = _wait_for(lambda: len(_job_pids(self.port)) == 4 and _job_pids(self.port), 20)
+        pids = _wait_for(lambda: len(job_pids(self.port)) == 4 and job_pids(self.port), 20)
         assert pids, 'the job did not start: %s' % (self.proc.poll(),)
         return pids
 
@@ -70,13 +50,13 @@ class Job(object):
         except subprocess.TimeoutExpired:
             rc = None
         out, err = self.proc.communicate() if rc is not None else ('', '')
-        left = _wait_for(lambda: not _job_pids(self.port), 2) is True or _job_pids(self.port)
+        left = _wait_for(lambda: not job_pids(self.port), 2) is True or job_pids(self.port)
         return rc, time.time() - t0, err, left
 
     def cleanup(self):
         if self.proc.poll() is None:
             self.proc.kill()
-        for pid in _job_pids(self.port):
+        for pid in job_pids(self.port):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -178,7 +158,7 @@ def test_port_already_in_use_names_the_port_and_the_flag():
     assert res.returncode == 2 and time.time() - t0 < 10
     assert res.stderr == ('error: --port %d: already in use on 127.0.0.1; pick another or leave --port out '
                           '(a free port)\n' % port)
-    assert not _job_pids(port)
+    assert not job_pids(port)
 
 
 @pytest.mark.parametrize('flags,message', [

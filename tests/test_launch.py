@@ -12,7 +12,7 @@ import time
 import pytest
 
 from crunet import launch
-from train_helpers import PYTHON, ROOT, TRAIN, env, make_rec
+from train_helpers import PYTHON, ROOT, TRAIN, env, job_pids, make_rec
 
 LAUNCH = os.path.join(ROOT, 'tools', 'launch.py')
 
@@ -31,22 +31,6 @@ def _train_args(data, prefix, epochs, extra=()):
             '--batch-size', '4', '--num-epochs', str(epochs), '--lr', '0.05', '--lr-policy', 'constant',
             '--kv-store', 'dist_sync', '--model-prefix', str(prefix), '--data-nthreads', '1',
             '--disp-batches', '2', '--aug-off', '1', '--plot', '0'] + list(extra)
-
-
-def _cluster_pids(port):
-    """{pid: role} of the processes started with DMLC_PS_ROOT_PORT=port."""
-    out = {}
-    for pid in os.listdir('/proc'):
-        if not pid.isdigit():
-            continue
-        try:
-            with open('/proc/%s/environ' % pid, 'rb') as f:
-                items = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
-        except OSError:
-            continue
-        if items.get(b'DMLC_PS_ROOT_PORT') == str(port).encode():
-            out[int(pid)] = '%s %s' % (items.get(b'DMLC_ROLE', b'?').decode(), items.get(b'DMLC_WORKER_ID', b'').decode())
-    return out
 
 
 def test_dist_sync_two_workers_one_server(id_data, tmp_path):
@@ -91,7 +75,7 @@ def test_killed_worker_stops_the_cluster(id_data, tmp_path):
     threading.Thread(target=reader, daemon=True).start()
     try:
         assert started.wait(180), ''.join(lines)[-3000:]
-        pids = _cluster_pids(port)
+        pids = job_pids(port)
         worker = [pid for pid, role in pids.items() if role.startswith('worker')]
         assert len(pids) == 4 and len(worker) == 2, pids
         os.kill(worker[-1], signal.SIGKILL)
@@ -100,12 +84,12 @@ def test_killed_worker_stops_the_cluster(id_data, tmp_path):
         assert rc != 0
         assert time.time() - t0 < 60
         time.sleep(0.5)
-        assert not _cluster_pids(port), 'processes left behind'
+        assert not job_pids(port), 'processes left behind'
         assert any('killed by signal 9' in line for line in lines)
     finally:
         if proc.poll() is None:
             proc.kill()
-        for pid in _cluster_pids(port):
+        for pid in job_pids(port):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:

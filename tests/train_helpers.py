@@ -87,3 +87,23 @@ def load_params(prefix, epoch):
 def max_param_diff(a, b):
     assert sorted(a) == sorted(b)
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def job_pids(port):
+    """{pid: role} of the live processes started with DMLC_PS_ROOT_PORT=port."""
+    out = {}
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/environ' % pid, 'rb') as f:
+                items = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
+            with open('/proc/%s/stat' % pid) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    continue                                   # exited, not yet reaped
+        except (OSError, IndexError):
+            continue
+        if items.get(b'DMLC_PS_ROOT_PORT') == str(port).encode():
+            rank = items.get(b'DMLC_WORKER_ID', items.get(b'DMLC_SERVER_ID', b''))
+            out[int(pid)] = ('%s %s' % (items.get(b'DMLC_ROLE', b'?').decode(), rank.decode())).strip()
+    return out
