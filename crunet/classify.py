@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from symbols import preprocess as pp
-from symbols.checkpoint import load_checkpoint, load_synset, num_classes_of, synset_path
+from symbols.checkpoint import deploy_symbol, load_checkpoint, load_synset, num_classes_of, synset_path
 
 from . import evaluate as ev
 from .errors import CLIError
@@ -117,7 +117,7 @@ def class_names(prefix, num_classes, synset=None):
 def classify_images(sym, arg_params, aux_params, paths, pre, names=None, top_k=5, batch_size=32, contexts=None,
                     inputs=None):
     """``[{'image', 'top': [(class, probability, name)]}]`` for the image files ``paths``
-    (``sym`` a scoring graph with a softmax output, see :func:`crunet.evaluate.deploy_symbol`);
+    (``sym`` a scoring graph with a softmax output, see :func:`symbols.checkpoint.deploy_symbol`);
     ``inputs``: their :func:`preprocess_image` arrays when already computed."""
     if inputs is None:
         inputs = [preprocess_image(load_image(p), pre) for p in paths]      # every file checked first
@@ -168,7 +168,7 @@ def main(args):
     inputs = [preprocess_image(load_image(p), pre) for p in images]     # bad files before the model loads
     sym, arg_params, aux_params = load_checkpoint(args.model, args.epoch, image_shape=args.train_shape, **kw)
     names = class_names(args.model, num_classes_of(arg_params), args.synset)
-    deploy = ev.deploy_symbol(sym, sc.choose_pooling(args.pooling, args.image_shape, args.train_shape))
+    deploy = deploy_symbol(sym, pooling=sc.choose_pooling(args.pooling, args.image_shape, args.train_shape))
     results = classify_images(deploy, arg_params, aux_params, images, pre, names, batch_size=args.batch_size,
                               contexts=get_contexts(args.gpus), inputs=inputs)
     print('\n'.join(format_predictions(results)))

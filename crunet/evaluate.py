@@ -1,6 +1,6 @@
 """Evaluation of a checkpoint on a validation RecordIO file (the logic behind ``score.py``).
 
-* :func:`deploy_symbol` -- the scoring graph: softmax without label, optionally mean-max pooling
+* the scoring graph is ``symbols.checkpoint.deploy_symbol``: softmax without label, optionally mean-max pooling
   (``0.5 * (global average + global max)`` before the classifier, for inputs larger than the
   training crop);
 * :class:`Predictor` -- a Module bound for inference on one or more devices;
@@ -18,25 +18,15 @@ import mxnet as mx
 import numpy as np
 
 from symbols.blocks import parse_shape
-from symbols.checkpoint import check_params, inference_symbol, mean_max_symbol
+from symbols.checkpoint import check_params
 
 from .data import recordio
 from .errors import CLIError, error_line
 
-__all__ = ['deploy_symbol', 'Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches',
+__all__ = ['Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches',
            'iter_predictions', 'TopK', 'evaluate', 'normalise', 'stderr_log', 'POOLINGS']
 
 POOLINGS = ('auto', 'avg', 'mean-max')
-
-
-def deploy_symbol(sym, pooling='avg'):
-    """Scoring graph of a checkpoint symbol: ``softmax`` output, no label input; ``pooling``
-    ``'mean-max'`` swaps the final average pooling for mean-max pooling."""
-    if pooling not in ('avg', 'mean-max'):
-        raise ValueError("pooling must be 'avg' or 'mean-max', got %r" % (pooling,))
-    if pooling == 'mean-max':
-        sym = mean_max_symbol(sym)
-    return inference_symbol(sym, softmax=True)
 
 
 class Predictor(object):

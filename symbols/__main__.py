@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from crunet.cli import ArgParser
+from crunet.cli import ArgParser, add_model_args
 from crunet.errors import CLIError, EXIT_INTERNAL, cli_main, die
 from crunet.files import atomic_save, output_folder
 
@@ -46,13 +46,11 @@ def format_table(rows):
     return '\n'.join(lines)
 
 
-def add_model_args(parser):
-    parser.add_argument('--network', required=True, help='crunet, resnext, resnet or sharesnet')
-    parser.add_argument('--num-layers', type=int, required=True, help='depth, e.g. 56 or 116 for crunet')
-    parser.add_argument('--setting', default=None, help="variant, e.g. '136x1d', 'tiny', 'wider', '64x4d'")
+def add_network_args(parser):
+    """The model flags (``crunet.cli.add_model_args``) and the zoo's own: widen factor, sharing, input."""
+    add_model_args(parser, required=True, num_classes_default=1000)
     parser.add_argument('--widen-factor', type=int, default=None, help='sharesnet: wide ResNet k')
-    parser.add_argument('--no-share', action='store_true', help='sharesnet: the unshared counterpart')
-    parser.add_argument('--num-classes', type=int, default=1000)
+    parser.add_argument('--no-share', action='store_true', help='crunet, sharesnet: the unshared counterpart')
     parser.add_argument('--image-shape', default='3,224,224')
 
 
@@ -127,7 +125,7 @@ def _main(argv=None):
     p = sub.add_parser('summary', help='params, multiply-adds and size of every model')
     p.add_argument('--json', help='also write the rows as JSON to this file')
     p = sub.add_parser('export', help='write PREFIX-symbol.json, optionally a drawing')
-    add_model_args(p)
+    add_network_args(p)
     p.add_argument('--prefix', required=True, help='output prefix: PREFIX-symbol.json')
     p.add_argument('--draw', choices=('pdf', 'png', 'svg'), help='also draw the graph with graphviz')
     args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ from .blocks import parse_shape
 __all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'check_graph', 'upgrade_json', 'load_symbol',
            'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
            'expected_shapes', 'num_classes_of', 'data_shape_of', 'head_op', 'logits_symbol', 'inference_symbol',
-           'mean_max_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset']
+           'mean_max_symbol', 'deploy_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset']
 
 
 class CheckpointError(ValueError):
@@ -445,6 +445,20 @@ def inference_symbol(sym, softmax=True):
     logits with ``softmax=False``."""
     logits = logits_symbol(sym)
     return mx.sym.softmax(logits, axis=-1, name='softmax') if softmax else logits
+
+
+def deploy_symbol(sym, output='softmax', pooling='avg'):
+    """The inference graph of a training or checkpoint symbol: no label input, output ``softmax``
+    (a softmax named ``softmax``) or ``logits`` (fc6); ``pooling`` ``'mean-max'`` swaps the final
+    average pooling for mean-max pooling (inputs larger than the training crop). Scoring,
+    classification and every export use it."""
+    if output not in ('softmax', 'logits'):
+        raise ValueError("output must be 'softmax' or 'logits', got %r" % (output,))
+    if pooling not in ('avg', 'mean-max'):
+        raise ValueError("pooling must be 'avg' or 'mean-max', got %r" % (pooling,))
+    if pooling == 'mean-max':
+        sym = mean_max_symbol(sym)
+    return inference_symbol(sym, softmax=output == 'softmax')
 
 
 def _last_avg_pool(graph, pool_name):

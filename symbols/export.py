@@ -49,18 +49,18 @@ import sys
 import mxnet as mx
 import numpy as np
 
-from crunet.cli import ArgParser
+from crunet.cli import ArgParser, add_model_args
 from crunet.errors import CLIError, EXIT_INTERNAL, EXIT_USER
 from crunet.files import atomic_write_text, output_folder
 
 from . import preprocess as pp
 from . import quantize
 from .blocks import parse_shape
-from .checkpoint import (CheckpointError, convert_symbol_json, inference_symbol, load_checkpoint, load_synset,
-                         mean_max_symbol, num_classes_of, params_path, save_checkpoint, symbol_path, synset_path)
+from .checkpoint import (CheckpointError, convert_symbol_json, deploy_symbol, load_checkpoint, load_synset,
+                         num_classes_of, params_path, save_checkpoint, symbol_path, synset_path)
 
 __all__ = ['ExportError', 'MissingPackageError', 'export_inference', 'export_onnx', 'verify_onnx',
-           'verify_inference', 'deploy_graph', 'raw_rgb_graph', 'onnx_metadata', 'require_onnx', 'ONNX_OPSET',
+           'verify_inference', 'raw_rgb_graph', 'onnx_metadata', 'require_onnx', 'ONNX_OPSET',
            'ORT_INSTALL', 'main']
 
 #: mx2onnx (MXNet 1.9.1) has translations up to opset 13; onnx 1.14 would stamp opset 19 on
@@ -157,16 +157,6 @@ def _write_synset(out, class_names):
     return atomic_write_text(synset_path(out), '\n'.join(class_names) + '\n')
 
 
-def deploy_graph(sym, output='softmax', mean_max=False):
-    """The inference graph of a training symbol: no label input, output ``softmax`` (a softmax
-    named ``softmax``) or ``logits`` (fc6); ``mean_max`` for inputs larger than the training crop."""
-    if output not in ('softmax', 'logits'):
-        raise ValueError("output must be 'softmax' or 'logits', got %r" % output)
-    if mean_max:
-        sym = mean_max_symbol(sym)
-    return inference_symbol(sym, softmax=output == 'softmax')
-
-
 def _full_shape(image_shape, batch_size=1):
     return (int(batch_size),) + parse_shape(image_shape or '3,224,224')
 
@@ -177,11 +167,9 @@ def _random_input(shape, seed=0, raw_rgb=False):
 
 
 def _mxnet_forward(sym, arg_params, aux_params, data):
-    mod = mx.mod.Module(sym, data_names=['data'], label_names=None, context=mx.cpu())
-    mod.bind(data_shapes=[('data', data.shape)], for_training=False)
-    mod.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
-    mod.forward(mx.io.DataBatch([mx.nd.array(data)]), is_train=False)
-    return mod.get_outputs()[0].asnumpy()
+    """Outputs of ``sym`` for the NumPy batch ``data`` on the CPU (crunet.evaluate.Predictor)."""
+    from crunet.evaluate import Predictor
+    return Predictor(sym, arg_params, aux_params, data.shape, check=False).predict(data)
 
 
 def _tolerance(reference, tolerance):
@@ -214,7 +202,7 @@ def export_inference(prefix, epoch, out_prefix, out_epoch=0, image_shape=None, o
     output_folder(out_prefix, '--out')
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch, image_shape=image_shape, **load_kwargs)
     class_names = _class_names(prefix, synset, num_classes_of(arg_params))
-    deploy = deploy_graph(sym, output, mean_max)
+    deploy = deploy_symbol(sym, output, 'mean-max' if mean_max else 'avg')
     if raw_rgb:
         deploy, constants = raw_rgb_graph(deploy, _preprocess_for(prefix, image_shape))
         arg_params = dict(arg_params, **constants)
@@ -310,7 +298,7 @@ def export_onnx(prefix, epoch, onnx_path, image_shape=None, batch_size=1, output
     output_folder(onnx_path, '--out')
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch, image_shape=image_shape, **load_kwargs)
     class_names = _class_names(prefix, synset, num_classes_of(arg_params))
-    deploy = deploy_graph(sym, output, mean_max)
+    deploy = deploy_symbol(sym, output, 'mean-max' if mean_max else 'avg')
     pre = _preprocess_for(prefix, image_shape)
     if raw_rgb:
         deploy, constants = raw_rgb_graph(deploy, pre)
@@ -352,10 +340,8 @@ def _add_model_args(p):
     p.add_argument('--mean-max', action='store_true', help='mean-max pooling (inputs larger than the training crop)')
     p.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted absolute difference')
     p.add_argument('--no-verify', action='store_true', help='skip the comparison with MXNet')
-    p.add_argument('--network', help="bind the params to symbols.get_symbol(NETWORK, ...) instead of the file's symbol")
-    p.add_argument('--num-layers', type=int, help='with --network')
-    p.add_argument('--setting', help='with --network')
-    p.add_argument('--num-classes', type=int, help='with --network (default: from the params)')
+    add_model_args(p, title='Network (optional: bind the params to symbols.get_symbol(NETWORK, ...) instead of '
+                            'the file\'s symbol; classes default to those of the params)')
     p.add_argument('--synset', metavar='FILE', help='class names, one per line in class order (default: '
                                                     'synset.txt beside the checkpoint); written as synset.txt '
                                                     'beside the output')

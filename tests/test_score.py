@@ -10,7 +10,7 @@ import pytest
 
 import score_helpers as H
 from crunet import evaluate as ev
-from symbols.checkpoint import load_checkpoint
+from symbols.checkpoint import deploy_symbol, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORE = os.path.join(ROOT, 'score.py')
@@ -67,7 +67,7 @@ def test_ten_crop_matches_numpy(setup):
     data, labels = next(iter(batches))
     assert data.shape == (40, 3, 32, 32)
     np.testing.assert_array_equal(labels, setup['labels'][:4])
-    deploy = ev.deploy_symbol(setup['sym'], 'avg')
+    deploy = deploy_symbol(setup['sym'], pooling='avg')
     predictor = ev.Predictor(deploy, setup['arg'], setup['aux'], (40, 3, 32, 32))
     probs = next(ev.iter_predictions(predictor, [(data, labels)], crops=10))[0]
     # NumPy: crops by slicing the original pixels, logits from MXNet, softmax + mean in NumPy
@@ -96,7 +96,7 @@ def test_mean_max_matches_numpy(setup):
     data = data.asnumpy()
     assert data.shape == (4, 3, 48, 48)
     sym, arg, aux = setup['sym'], setup['arg'], setup['aux']
-    deploy = ev.deploy_symbol(sym, 'mean-max')
+    deploy = deploy_symbol(sym, pooling='mean-max')
     assert 'softmax_label' not in deploy.list_arguments()
     probs = ev.Predictor(deploy, arg, aux, data.shape).predict(data)
     feature = sym.get_internals()['pool5_output'].get_children()[0]
@@ -105,7 +105,7 @@ def test_mean_max_matches_numpy(setup):
     pooled = 0.5 * (fmap.mean(axis=(2, 3)) + fmap.max(axis=(2, 3)))
     want = H.softmax(pooled.dot(arg['fc6_weight'].asnumpy().T) + arg['fc6_bias'].asnumpy())
     np.testing.assert_allclose(probs, want, atol=1e-5)
-    plain = ev.Predictor(ev.deploy_symbol(sym, 'avg'), arg, aux, data.shape).predict(data)
+    plain = ev.Predictor(deploy_symbol(sym, pooling='avg'), arg, aux, data.shape).predict(data)
     assert np.abs(plain - probs).max() > 1e-4                           # it is a different pooling
     res = score_in_process(['--model', setup['prefix'], '--data-val', setup['rec'], '--image-shape', '3,48,48',
                             '--resize-val', 48, '--batch-size', 4, '--disp-batches', 0])
@@ -115,7 +115,7 @@ def test_mean_max_matches_numpy(setup):
 def test_mean_max_on_released_graph():
     """The rewrite finds pool5 in a released-format CRU-Net-56 and keeps fc6's weights."""
     sym, arg, aux = load_checkpoint(H.released_checkpoint(56), 0)
-    mm = ev.deploy_symbol(sym, 'mean-max')
+    mm = deploy_symbol(sym, pooling='mean-max')
     assert set(mm.list_arguments()) == set(sym.list_arguments()) - {'softmax_label'}
     assert mm.infer_shape(data=(1, 3, 96, 96))[1][0] == (1, 1000)
 

@@ -30,17 +30,17 @@ perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (be
 
 import mxnet as mx  # noqa: E402
 
-from . import ArgParser  # noqa: E402
+from . import ArgParser, add_model_args  # noqa: E402
 from .. import evaluate as ev  # noqa: E402
 from ..data.checks import check_labels, inspect_recordio  # noqa: E402
-from ..data.flags import add_data_args, add_data_aug_args, check_args, data_args  # noqa: E402
+from ..data.flags import add_data_args, add_data_aug_args, check_args, data_args, triple  # noqa: E402
 from ..data.iterators import get_val_iter  # noqa: E402
 from ..devices import get_contexts, parse_gpus  # noqa: E402
 from ..errors import CLIError, cli_main  # noqa: E402
 from ..files import atomic_write_text  # noqa: E402
 from symbols import ChoiceError  # noqa: E402
 from symbols.blocks import parse_shape  # noqa: E402
-from symbols.checkpoint import CheckpointError, check_params, load_checkpoint, num_classes_of  # noqa: E402
+from symbols.checkpoint import CheckpointError, check_params, deploy_symbol, load_checkpoint, num_classes_of  # noqa: E402
 from symbols.preprocess import training_args  # noqa: E402
 
 #: data flags of common.data that score.py takes (defaults: those of common.data)
@@ -63,11 +63,8 @@ def build_parser():
     g = parser.add_argument_group('Model')
     g.add_argument('--model', required=True, help='checkpoint prefix: PREFIX-symbol.json + PREFIX-%%04d.params')
     g.add_argument('--epoch', type=int, default=0, help='checkpoint epoch (the released files: 0)')
-    g.add_argument('--network', help="bind the params to symbols.get_symbol(NETWORK, ...) instead of "
-                                     "the file's symbol (crunet, resnext, resnet, sharesnet)")
-    g.add_argument('--num-layers', type=int, help='with --network: depth (e.g. 56, 116)')
-    g.add_argument('--setting', help="with --network: variant (e.g. 'tiny', 'wider')")
-    g.add_argument('--num-classes', type=int, help='with --network: classes (default: those of the params)')
+    add_model_args(parser, title='Network (optional: bind the params to symbols.get_symbol(NETWORK, ...) '
+                                 'instead of the file\'s symbol; classes default to those of the params)')
     g = parser.add_argument_group('Data', 'unset flags: PREFIX-args.json of the training run, else the '
                                           'released models\' preprocessing')
     for dest, action in _data_defaults().items():
@@ -128,14 +125,6 @@ def choose_pooling(pooling, image_shape, train_shape):
     return 'mean-max' if (h > th or w > tw) else 'avg'
 
 
-def _triple(text, flag):
-    vals = [float(v) for v in str(text).split(',') if v.strip()]
-    vals = vals * 3 if len(vals) == 1 else vals
-    if len(vals) != 3:
-        raise CLIError('%s needs 3 values (R,G,B), got %r' % (flag, text))
-    return vals
-
-
 def score(args, log=ev.stderr_log):
     """Run the evaluation described by the parsed ``args``; returns the result dict."""
     resolve(args)
@@ -158,7 +147,7 @@ def score(args, log=ev.stderr_log):
     sym, arg_params, aux_params = load_checkpoint(args.model, args.epoch, image_shape=args.train_shape, **kw)
     num_classes = num_classes_of(arg_params)
     pooling = choose_pooling(args.pooling, args.image_shape, args.train_shape)
-    deploy = ev.deploy_symbol(sym, pooling)
+    deploy = deploy_symbol(sym, pooling=pooling)
     contexts = get_contexts(args.gpus)
     batch_shape = (args.batch_size * args.crops,) + image_shape
     check_params(deploy, arg_params, aux_params, batch_shape)
@@ -174,8 +163,8 @@ def score(args, log=ev.stderr_log):
         batches = ev.centre_crop_batches(get_val_iter(data), args.max_images)
     else:
         batches = ev.ten_crop_batches(args.data_val, args.image_shape, args.batch_size, resize=args.resize_val,
-                                      mean=_triple(args.rgb_mean, '--rgb-mean'),
-                                      std=_triple(args.rgb_std, '--rgb-std'), scale=args.scale,
+                                      mean=triple(args.rgb_mean, '--rgb-mean'),
+                                      std=triple(args.rgb_std, '--rgb-std'), scale=args.scale,
                                       inter_method=args.inter_method, max_images=args.max_images)
     predictor = ev.Predictor(deploy, arg_params, aux_params, batch_shape, contexts, check=False)
     log('scoring %s epoch %d on %s: %d images, %s, %s pooling, %s, batch %d, %s'
