@@ -38,8 +38,6 @@ printed.
 In Python: :func:`export_inference`, :func:`export_onnx`, :func:`verify_onnx`,
 :func:`symbols.checkpoint.convert_symbol_json`.
 """
-# size-exempt: four export commands (convert, inference, ONNX, int8) that share loading, checks and
-# verification; each command's own code is a few short functions.
 import argparse
 import contextlib
 import json
