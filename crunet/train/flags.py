@@ -257,7 +257,30 @@ def check_args(args):
         [float(e) for e in args.lr_step_epochs.split(',') if e.strip()]
     except ValueError:
         raise CLIError('--lr-step-epochs %r: expected comma-separated epochs such as 30,60' % args.lr_step_epochs)
+    check_peak_rate(args)
     return gpus
+
+
+#: the largest float32: MXNet's optimizers take the learning rate as float32 and fail mid-run
+#: ("Out of range value for lr") on a larger one
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_peak_rate(args):
+    """The largest learning rate of the schedule (the base rate, the warmup start, and under the
+    step policy the base rate times every factor above 1) fits in float32."""
+    peak, how = args.lr, '--lr %g' % args.lr
+    if resolve_policy(args) == 'step' and args.lr_factor > 1:
+        steps = [e for e in args.lr_step_epochs.split(',') if e.strip()]
+        for _ in steps:
+            peak *= args.lr_factor              # float overflow gives inf, never an exception
+        if steps:
+            how += ' x --lr-factor %g at epochs %s' % (args.lr_factor, args.lr_step_epochs)
+    if args.warmup_lr > peak:
+        peak, how = args.warmup_lr, '--warmup-lr %g' % args.warmup_lr
+    if not peak <= FLOAT32_MAX:
+        raise CLIError('%s: the learning rate reaches %g, beyond float32 (largest %g), the type MXNet\'s '
+                       'optimizers take it in' % (how, peak, FLOAT32_MAX))
 
 
 def check_recipe_args(args):
