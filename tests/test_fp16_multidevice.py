@@ -237,26 +237,36 @@ import mxnet as mx, numpy as np
 from crunet.train import dist
 os.environ['MXNET_UPDATE_ON_KVSTORE'] = '0'
 kv = mx.kv.create('dist_sync')
-if sys.argv[1] == 'fp32':
+if sys.argv[1] == 'switch':
     dist.sum_float16_in_float32(kv)                  # before any key exists, as Run does
 rank, n = kv.rank, kv.num_workers
-vals = [np.random.RandomState(r).uniform(0.5, 2, (2000,)).astype(np.float16) for r in range(n)]
-once = sum(v.astype(np.float32) for v in vals).astype(np.float16)   # exact in float32, rounded once
-kv.init('g', mx.nd.zeros((2000,), dtype='float16'))
+# element k: worker k % n pushes 2048, the others 1. In float16, 2048 + 1 rounds to 2048 (a tie,
+# to even), so a sum that rounds after each addition gives 2048 wherever the 2048 is among the
+# first two arrivals (two elements in three, in any arrival order); rounded once: 2050, exact.
+vals = [np.where(np.arange(3000) % n == r, 2048, 1).astype(np.float16) for r in range(n)]
+once = sum(v.astype(np.float32) for v in vals).astype(np.float16)
+assert (once == 2048 + n - 1).all()
+kv.init('g', mx.nd.zeros((3000,), dtype='float16'))
 kv.push('g', mx.nd.array(vals[rank], dtype='float16'))
-out = mx.nd.zeros((2000,), dtype='float16')
+out = mx.nd.zeros((3000,), dtype='float16')
 kv.pull('g', out=out)
 print('rank %d dtype %s differ %d' % (rank, out.dtype.__name__, int((out.asnumpy() != once).sum())), flush=True)
 '''
 
 
-def test_servers_sum_float16_gradients_in_float32(tmp_path):
-    """Three workers push float16 arrays; with sum_float16_in_float32 the servers return their
-    sum rounded once to float16 (float16 additions in any order would round ~16% of these)."""
+@pytest.mark.parametrize('extra_env', [{}, {'CRUNET_UNUSED_VARIABLE': 'x'}], ids=['env', 'env+1'])
+def test_servers_sum_float16_gradients_rounded_once(tmp_path, extra_env):
+    """Three workers push float16 arrays built so that a sum rounded to float16 after each
+    addition differs from the exact one in two elements of three, whatever the arrival order.
+    With dist.sum_float16_in_float32 the servers return the sum rounded once, in every process
+    environment. (Without the switch the same servers rounded after each addition in one
+    environment and once in another that differed by one unused variable: no test can pin that
+    case, and the switch is the safeguard that makes the sum the same everywhere.)"""
     script = tmp_path / 'fp16_sum.py'
     script.write_text(FP16_SUM.format(root=ROOT))
-    proc = subprocess.run([PYTHON, LAUNCH, '-n', '3', '-s', '1', '--launcher', 'local', PYTHON, str(script), 'fp32'],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120, env=env(), cwd=ROOT)
+    proc = subprocess.run([PYTHON, LAUNCH, '-n', '3', '-s', '1', '--launcher', 'local', PYTHON, str(script), 'switch'],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+                          env=env(**extra_env), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:]
     rows = re.findall(r'rank (\d) dtype (\w+) differ (\d+)', proc.stdout)
     assert sorted(rows) == [('0', 'float16', '0'), ('1', 'float16', '0'), ('2', 'float16', '0')], proc.stdout[-3000:]
