@@ -65,8 +65,9 @@ def fuses_bn_relu(grouped_conv, dtype='float32', channels=None):
     ``channels`` (every width of its table) computes each BatchNorm -> ReLU pair as one oneDNN
     ``BatchNormWithReLU``: only ``blockdiag16`` in float32 with every width a multiple of 16, where
     all of oneDNN's activations and gradients are in its 16-channel blocks. There the fused
-    operator gives the same outputs, gradients and statistics bit for bit as the pair (every such
-    network of the zoo is checked in tests/test_speed_equivalence.py), and a CRU-Net-56 training
+    operator gives the same outputs, gradients and statistics bit for bit as the pair (checked for
+    every preset and twin of the zoo and WRN-d-k with k = 1, 4 and WRN-28-10, in
+    tests/test_speed_equivalence.py), and a CRU-Net-56 training
     step is ~10% faster on AVX-512 (bench/FINDINGS.md, section 6). Wherever layouts mix (8-channel
     blocks, widths such as 136, or an outside gradient in MXNet's plain layout) its input gradient is
     wrong in MXNet 1.9.1, so ``plain`` (checkpoints, exports, GPUs), ``blockdiag8`` and other dtypes

@@ -2,6 +2,7 @@
 'blockdiag16') computes exactly what the plain ``Convolution(num_group=G)`` does: same
 parameters, same outputs, same gradients; and the formulation chosen for the other CPU class is
 correct when oneDNN really runs that class's kernels."""
+import inspect
 import json
 import os
 import subprocess
@@ -11,7 +12,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from symbols import blocks, count_macs, count_params, get_symbol
+import symbols
+from symbols import blocks, count_macs, count_params, get_symbol, sharesnet
 from symbols.blocks import GROUPED_CONV_CHOICES, Stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,20 +222,14 @@ def test_fused_batchnorm_relu_alone_is_wrong_so_only_whole_networks_fuse():
 
 
 def _apart(network, kwargs, grouped_conv):
-    """The network of ``get_symbol(network, grouped_conv=..., **kwargs)`` with BatchNorm and ReLU kept
-    apart (the same preset tables, ``fuse_bn_relu=False``)."""
-    from symbols import crunet, resnet, resnext, sharesnet
-    from symbols._registry import choose
-    kw = dict(kwargs)
-    classes = kw.pop('num_classes', 1000)
-    kw.pop('image_shape', None)
-    module = dict(crunet=crunet, resnet=resnet, resnext=resnext, sharesnet=sharesnet)[network]
-    _, preset = choose(network, module.PRESETS, kw['num_layers'], kw.get('setting'))
-    if network in ('resnet', 'resnext'):
-        preset = dict(stages=preset)
-    return blocks.build_network(preset['stages'], classes, stem=preset.get('stem', 'imagenet'),
-                                preact=preset.get('preact', True), basic=preset.get('basic', False),
-                                grouped_conv=grouped_conv, fuse_bn_relu=False)
+    """``get_symbol(network, grouped_conv=..., **kwargs)`` with every BatchNorm -> ReLU pair kept
+    apart: the same call, with the zoo's fusion rule (``blocks.fuses_bn_relu``) answering no."""
+    rule = blocks.fuses_bn_relu
+    blocks.fuses_bn_relu = lambda *args, **kw: False
+    try:
+        return get_symbol(network, grouped_conv=grouped_conv, **kwargs)
+    finally:
+        blocks.fuses_bn_relu = rule
 
 
 def _step32(sym, values, shapes):
@@ -246,16 +242,46 @@ def _step32(sym, values, shapes):
     return out, {n: g.asnumpy() for n, g in ex.grad_dict.items()}, {n: a.asnumpy() for n, a in ex.aux_dict.items()}
 
 
-FUSED_NETS = [('crunet', dict(num_layers=56)), ('crunet', dict(num_layers=56, setting='tiny')),
-              ('crunet', dict(num_layers=116)), ('crunet', dict(num_layers=22, setting='cifar', num_classes=10)),
-              ('resnext', dict(num_layers=50)), ('resnext', dict(num_layers=50, setting='2x40d')),
-              ('resnet', dict(num_layers=50)), ('sharesnet', dict(num_layers=34)), ('sharesnet', dict(num_layers=50)),
-              ('sharesnet', dict(num_layers=164, setting='cifar', num_classes=10))]
+def _zoo_variants():
+    """Every network the zoo builds from a preset, its unshared twin where it has one, and the
+    shared wide ResNets WRN-d-k for every depth d with k = 1 and 4, and WRN-28-10 (the papers'
+    WRN-40-4 and WRN-28-10 among them), each with 10 classes."""
+    for network in symbols.NETWORKS:
+        module = symbols.get_module(network)
+        twins = 'shared' in inspect.signature(module.get_symbol).parameters
+        for depth, setting in module.PRESETS:
+            yield network, dict(num_layers=depth, setting=setting, num_classes=10)
+            if twins:
+                yield network, dict(num_layers=depth, setting=setting, num_classes=10, shared=False)
+    for depth, k in [(d, k) for d in sharesnet.WRN_DEPTHS for k in (1, 4)] + [(28, 10)]:
+        yield 'sharesnet', dict(num_layers=depth, widen_factor=k, num_classes=10)
+        yield 'sharesnet', dict(num_layers=depth, widen_factor=k, num_classes=10, shared=False)
+
+
+FUSED_NETS = [(n, kw) for n, kw in _zoo_variants()
+              if 'BatchNormWithReLU' in get_symbol(n, grouped_conv='blockdiag16', **kw).tojson()]
+
+
+def test_every_fused_network_of_the_zoo_is_checked():
+    """The list the bit-identity test runs is the zoo's whole fused part: the networks named here
+    by hand are in it, and those whose widths are not multiples of 16 are not."""
+    names = {'%s-%s' % (n, '-'.join('%s=%s' % kv for kv in sorted(k.items()))) for n, k in FUSED_NETS}
+    for expected in ('crunet-num_classes=10-num_layers=116-setting=wider',
+                     'crunet-num_classes=10-num_layers=56-setting=32x4d-shared=False',
+                     'resnet-num_classes=10-num_layers=200-setting=preact',
+                     'resnext-num_classes=10-num_layers=101-setting=64x4d',
+                     'sharesnet-num_classes=10-num_layers=152-setting=imagenet-shared=False',
+                     'sharesnet-num_classes=10-num_layers=40-widen_factor=4'):
+        assert expected in names, sorted(names)
+    for absent in ('crunet-num_classes=10-num_layers=56-setting=136x1d',
+                   'resnext-num_classes=10-num_layers=50-setting=Nx1d'):
+        assert absent not in names
+    assert len(FUSED_NETS) == 46, sorted(names)
 
 
 @pytest.mark.parametrize('grouped_conv', ['blockdiag16'])
 @pytest.mark.parametrize('network,kwargs', FUSED_NETS,
-                         ids=['%s-%s' % (n, '-'.join(str(v) for v in k.values())) for n, k in FUSED_NETS])
+                         ids=['%s-%s' % (n, '-'.join('%s=%s' % kv for kv in sorted(k.items()))) for n, k in FUSED_NETS])
 def test_fused_training_step_is_bit_identical_in_every_network(network, kwargs, grouped_conv):
     """The trained graph (BatchNorm -> ReLU fused) against the same formulation with the pairs
     apart: one float32 oneDNN training step, identical outputs, gradients and moving statistics."""
