@@ -79,6 +79,8 @@ CALIB_MODES = ('naive', 'entropy')
 #: calibration set: 10 batches of 32 images, as in MXNet's example
 DEFAULT_CALIB_BATCHES = 10
 DEFAULT_BATCH_SIZE = 32
+#: the least top-1 agreement with fp32 on the calibration images for the int8 model to be written
+DEFAULT_MIN_AGREEMENT = 0.98
 #: the preprocessing keys of PREFIX-args.json, copied to QPREFIX-args.json (what crunet-score reads)
 PREPROCESS_KEYS = ('image_shape', 'rgb_mean', 'rgb_std', 'scale', 'resize_val', 'inter_method')
 #: nodes of the fused graph that carry one layer each, and the op inside them
@@ -277,7 +279,7 @@ def compare_checkpoints(prefix, epoch, qprefix, rec, batch_size=DEFAULT_BATCH_SI
 
 def quantize_checkpoint(prefix, epoch, calib_rec, out_prefix, calib_mode='naive',
                         num_calib_batches=DEFAULT_CALIB_BATCHES, batch_size=DEFAULT_BATCH_SIZE, exclude=(),
-                        data_nthreads=None, log=None):
+                        data_nthreads=None, min_agreement=DEFAULT_MIN_AGREEMENT, force=False, log=None):
     """Write the int8 version of checkpoint ``prefix``/``epoch`` as ``out_prefix``
     (``-symbol.json``, ``-0000.params``, ``-args.json``), calibrated with ``calib_mode`` on the
     first ``num_calib_batches`` batches of ``batch_size`` images of the RecordIO file
@@ -285,7 +287,9 @@ def quantize_checkpoint(prefix, epoch, calib_rec, out_prefix, calib_mode='naive'
     always are).
 
     Checks before writing: the parameters fit the int8 graph, and it runs on the calibration
-    images, where its top-1 class is compared with the fp32 model's. Returns
+    images, where its top-1 class is compared with the fp32 model's: below ``min_agreement`` (a
+    fraction of the images) nothing is written and :class:`QuantizeError` gives the figure,
+    unless ``force``. Returns
     ``{'symbol', 'params', 'args', 'excluded', 'int8_layers', 'fp32_layers', 'calib_images',
     'calib_agreement', ...}``. Raises :class:`QuantizeError` / ``CheckpointError`` /
     ``crunet.data.checks.DataError`` on bad input (``ValueError`` or ``CLIError``)."""
@@ -296,6 +300,8 @@ def quantize_checkpoint(prefix, epoch, calib_rec, out_prefix, calib_mode='naive'
     for flag, value in (('--num-calib-batches', num_calib_batches), ('--batch-size', batch_size)):
         if not isinstance(value, int) or value < 1:
             raise QuantizeError('%s must be at least 1, not %r' % (flag, value))
+    if not 0.0 <= min_agreement <= 1.0:      # NaN fails too
+        raise QuantizeError('--min-agreement must be a fraction in [0, 1], not %r' % (min_agreement,))
     if os.path.abspath(symbol_path(out_prefix)) == os.path.abspath(symbol_path(prefix)):
         raise QuantizeError('--out %s is the checkpoint itself; give another prefix' % out_prefix)
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch)
@@ -320,6 +326,12 @@ def quantize_checkpoint(prefix, epoch, calib_rec, out_prefix, calib_mode='naive'
     # the same calibration batches through both graphs: int8 must run, and agree with fp32
     checked = _agreement(sym, arg_params, aux_params, qsym, qargs, qaux, calib, shape)
     check_params(qsym, qargs, qaux, shape)
+    agreement = checked['agree'] / float(checked['images'])
+    if agreement < min_agreement and not force:
+        raise QuantizeError('int8 top-1 agrees with fp32 on %.2f%% of the %d calibration images, below '
+                            '--min-agreement %g: %s not written (--exclude more layers to keep them in fp32, '
+                            'or --force to write it anyway)' % (100 * agreement, checked['images'], min_agreement,
+                                                                 out_prefix))
     layers = quantized_layers(qsym)
 
     spath, ppath = save_checkpoint(out_prefix, 0, qsym, qargs, qaux)
@@ -332,7 +344,7 @@ def quantize_checkpoint(prefix, epoch, calib_rec, out_prefix, calib_mode='naive'
     res = dict(symbol=spath, params=ppath, args=apath, calib_mode=calib_mode, calib_images=calib_images,
                calib_batches=calib_batches, excluded=list(dict.fromkeys(kept_fp32(sym, arg_params) + list(exclude))),
                int8_layers=sum(layers.values()), fp32_layers=sum(not q for q in layers.values()),
-               calib_agreement=checked['agree'] / float(checked['images']))
+               calib_agreement=agreement)
     return res
 
 
@@ -355,6 +367,10 @@ def add_arguments(p):
                    help='afterwards, score fp32 and int8 on every image of this RecordIO file and print '
                         'both top-1 accuracies and how often their top-1 classes agree')
     p.add_argument('--data-nthreads', type=int, default=None, help='decoding threads (default: as crunet-score)')
+    p.add_argument('--min-agreement', type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help='refuse to write the int8 model when its top-1 class agrees with fp32 on fewer than '
+                        'this fraction of the calibration images (default %g)' % DEFAULT_MIN_AGREEMENT)
+    p.add_argument('--force', action='store_true', help='write the int8 model whatever its agreement')
     p.add_argument('--out', required=True, help='output prefix: QPREFIX-symbol.json, QPREFIX-0000.params, '
                                                 'QPREFIX-args.json')
     return p
@@ -369,7 +385,8 @@ def command(args, out=print):
         raise QuantizeError('--check-dataset: file not found: %s' % args.check_dataset)
     res = quantize_checkpoint(args.model, args.epoch, args.calib_dataset, args.out, calib_mode=args.calib_mode,
                               num_calib_batches=args.num_calib_batches, batch_size=args.batch_size,
-                              exclude=exclude, data_nthreads=args.data_nthreads, log=out)
+                              exclude=exclude, data_nthreads=args.data_nthreads, min_agreement=args.min_agreement,
+                              force=args.force, log=out)
     out('wrote %s, %s and %s' % (res['symbol'], res['params'], res['args']))
     out('int8 layers %d, fp32 layers %d (%s); calibrated on %d images (%s); top-1 agreement with fp32 on '
         'them %.2f%%' % (res['int8_layers'], res['fp32_layers'], ', '.join(res['excluded']) or 'none excluded',

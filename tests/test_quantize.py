@@ -7,8 +7,10 @@ convolutions, collective units with shared bases and depthwise 3x3) trained for 
 train_imagenet.py on generated 32x32 images, so that its BatchNorm statistics and predictions
 are real ones.
 """
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -192,3 +194,60 @@ def test_bad_input_is_one_error_line_and_exit_2(trained, tmp_path, case):
     assert rc == 2
     assert len(lines) == 1 and lines[0].startswith('error: ') and expect in lines[0], lines
     assert not os.path.exists(str(tmp_path / 'q-symbol.json'))
+
+
+def _tie_breaking_checkpoint(trained, prefix):
+    """The trained checkpoint with a classifier that tells classes 0 and 1 apart only along a
+    direction orthogonal to the fp32 features of every training image (classes 2.. far below):
+    fp32 sees a tie (logits 0 and 0, up to float32 rounding), and int8's rounding of the features
+    breaks it either way, so int8 agrees with fp32 on about half of those images."""
+    sym, args, auxs = load_checkpoint(trained['prefix'], trained['epoch'])
+    x, _ = _val_images(trained['train'])
+    feat = sym.get_internals()['flatten_output']
+    mod = mx.mod.Module(feat, data_names=['data'], label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[('data', x.shape)], for_training=False)
+    mod.set_params({k: v for k, v in args.items() if k in feat.list_arguments()}, auxs, allow_missing=False)
+    mod.forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=False)
+    f = mod.get_outputs()[0].asnumpy().astype(np.float64)           # (images, features)
+    r = np.random.RandomState(0).normal(size=f.shape[1])
+    w = r - f.T.dot(np.linalg.lstsq(f.T, r, rcond=None)[0])          # r less its part in span(f)
+    w *= 10.0 / np.abs(w).max()
+    assert np.abs(f.dot(w)).max() < 1e-6 * np.abs(f).sum(axis=1).max() * np.abs(w).max()
+    weight = np.zeros(args['fc6_weight'].shape, np.float32)
+    weight[0], weight[1] = w, -w
+    bias = np.full(args['fc6_bias'].shape, -100.0, np.float32)
+    bias[:2] = 0.0
+    args = dict(args, fc6_weight=mx.nd.array(weight), fc6_bias=mx.nd.array(bias))
+    mx.model.save_checkpoint(prefix, trained['epoch'], sym, args, auxs)
+    with open(trained['prefix'] + '-args.json') as src, open(prefix + '-args.json', 'w') as dst:
+        dst.write(src.read())                                       # the same preprocessing
+
+
+def test_an_int8_model_that_disagrees_with_fp32_is_refused_unless_forced(trained, tmp_path):
+    """Below --min-agreement (default 0.98) the command writes nothing and exits 2 with one line
+    giving the figure; --force writes the model and reports the same figure."""
+    prefix = str(tmp_path / 'tie')
+    _tie_breaking_checkpoint(trained, prefix)
+    base = ['--model', prefix, '--epoch', str(trained['epoch']), '--calib-dataset', trained['train'],
+            '--num-calib-batches', '4', '--batch-size', '8']
+    rc, lines = _quantize_cli(base + ['--out', str(tmp_path / 'q')])
+    assert rc == 2 and len(lines) == 1, lines
+    m = re.fullmatch(r'error: int8 top-1 agrees with fp32 on ([\d.]+)%% of the 32 calibration images, below '
+                     r'--min-agreement 0\.98: %s not written \(--exclude more layers to keep them in fp32, or '
+                     r'--force to write it anyway\)' % re.escape(str(tmp_path / 'q')), lines[0])
+    assert m and float(m.group(1)) < 90.0, lines
+    assert not glob.glob(str(tmp_path / 'q*'))
+    proc = subprocess.run([sys.executable, '-m', 'symbols.export', 'quantize'] + base +
+                          ['--out', str(tmp_path / 'f'), '--force'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=120, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'top-1 agreement with fp32 on them %s%%' % m.group(1) in proc.stdout, proc.stdout
+    assert os.path.isfile(str(tmp_path / 'f-symbol.json')) and os.path.isfile(str(tmp_path / 'f-0000.params'))
+
+
+@pytest.mark.parametrize('value', ['1.5', '-0.1', 'nan'])
+def test_min_agreement_outside_zero_to_one_is_refused(trained, tmp_path, value):
+    rc, lines = _quantize_cli(['--model', trained['prefix'], '--epoch', '6', '--calib-dataset', trained['train'],
+                               '--out', str(tmp_path / 'q'), '--min-agreement', value])
+    assert rc == 2 and lines == ['error: --min-agreement must be a fraction in [0, 1], not %s' % float(value)], lines
+    assert not glob.glob(str(tmp_path / 'q*'))
