@@ -26,7 +26,7 @@ import time
 
 __all__ = ['GROUPED_CONV_FLAG_CHOICES', 'ISAS', 'cpu_flags', 'cpu_model', 'isa_from_flags',
            'isa_from_text', 'cap_isa', 'vector_width', 'probe_onednn', 'cache_path', 'machine_key',
-           'detect', 'describe', 'grouped_conv_for', 'autotune', 'vector_isa']
+           'detect', 'describe', 'grouped_conv_for', 'autotune', 'tuning_unit', 'vector_isa']
 
 #: values of the ``--grouped-conv`` flags: ``auto`` chooses with :func:`grouped_conv_for`;
 #: ``autotune`` uses this machine's measured fastest (:func:`autotune`, measured once and cached)
@@ -283,36 +283,52 @@ def grouped_conv_for(choice='auto', gpus=False, flags=None, environ=None):
 
 
 # ============================================================================ measured choice
+#: the unit :func:`autotune` times: conv2 of CRU-Net-56 / ResNeXt-50 32x4d (batch, size, width, out)
+TUNE_UNIT = dict(batch=8, size=56, width=128, out=256, groups=32)
+
+
+def tuning_unit(grouped_conv):
+    """The graph :func:`autotune` times for ``grouped_conv``: one conv2 unit (BN-ReLU-1x1 256->128,
+    BN-ReLU-grouped 3x3 32x4d, BN-ReLU-1x1 128->256, the sum with its input) built as training
+    builds it, the BatchNorm -> ReLU pairs fused wherever the zoo's rule
+    (``symbols.blocks.fuses_bn_relu``) fuses them in a training graph of that formulation."""
+    import mxnet as mx
+    from symbols import blocks
+    u = TUNE_UNIT
+    fuse = blocks.fuses_bn_relu(grouped_conv, 'float32', (u['width'], u['out']))
+    data = mx.sym.var('data')
+    body = blocks.bn_ac_conv(data, 'u_c1x1-a', u['width'], 1, fuse=fuse)
+    body = blocks.bn_ac_conv(body, 'u_c3x3-b', u['width'], 3, num_group=u['groups'], grouped_conv=grouped_conv,
+                             fuse=fuse)
+    body = blocks.bn_ac_conv(body, 'u_c1x1-c', u['out'], 1, fuse=fuse)
+    return mx.sym.make_loss(mx.sym.mean(mx.sym.ElementWiseSum(data, body, name='u_ele-sum')))
+
+
 _TUNE = r'''
-import json, sys, time
+import json, statistics, sys, time
 import mxnet as mx, numpy as np
-from symbols import blocks
-bs, size, width, out = 8, 56, 128, 256
+from crunet.isa import TUNE_UNIT, tuning_unit
+u = TUNE_UNIT
 res = {}
 for impl in sys.argv[1:]:
-    data = mx.sym.var('data')
-    body = blocks.bn_ac_conv(data, 'u_c1x1-a', width, 1)
-    body = blocks.bn_ac_conv(body, 'u_c3x3-b', width, 3, num_group=32, grouped_conv=impl)
-    body = blocks.bn_ac_conv(body, 'u_c1x1-c', out, 1)
-    sym = mx.sym.make_loss(mx.sym.mean(mx.sym.ElementWiseSum(data, body)))
-    ex = sym.simple_bind(mx.cpu(), grad_req='write', data=(bs, out, size, size))
+    ex = tuning_unit(impl).simple_bind(mx.cpu(), grad_req='write', data=(u['batch'], u['out'], u['size'], u['size']))
     rng = np.random.RandomState(0)
     for name, arr in ex.arg_dict.items():
         arr[:] = rng.normal(0, 0.1, arr.shape)
     times = []
-    for i in range(6):
+    for i in range(7):
         t = time.perf_counter()
         ex.forward(is_train=True); ex.backward(); mx.nd.waitall()
         times.append(time.perf_counter() - t)
-    res[impl] = 1e3 * min(times[2:])
+    res[impl] = 1e3 * statistics.median(times[2:])
 print('CRUNET_ISA_TUNE ' + json.dumps(res), flush=True)
 '''
 
 
 def autotune(environ=None, cache=None, refresh=False, timeout=300):
-    """Time the three formulations on one conv2 unit of CRU-Net/ResNeXt (BN-ReLU-1x1 256->128,
-    BN-ReLU-grouped 3x3 32x4d, BN-ReLU-1x1 128->256; batch 8, 56x56, forward + backward, fastest
-    of 4 after 2 warm-up steps) in a child process; ``{'ms': {formulation: ms}, 'best': ...}``,
+    """Time the three formulations on one conv2 unit of CRU-Net/ResNeXt (:func:`tuning_unit`,
+    the graph training runs; batch 8, 56x56, forward + backward, median of 5 steps after 2 warm-up
+    steps) in a child process; ``{'ms': {formulation: ms}, 'best': ...}``,
     cached with :func:`detect`'s record (``refresh`` measures again). Falls back to ``auto``'s
     choice when the measurement fails."""
     environ = os.environ if environ is None else environ

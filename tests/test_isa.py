@@ -194,3 +194,23 @@ def test_command_line_refuses_unknown_flags_in_one_line():
                           stderr=subprocess.PIPE, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ['error: unrecognized arguments: --bogus (see python -m crunet.isa --help)']
+
+
+def _unit_nodes(sym, prefix):
+    """(op, attributes, name without ``prefix``) of the nodes of ``sym`` named ``prefix...``,
+    weights and auxiliary states included, in graph order."""
+    nodes = json.loads(sym.tojson())['nodes']
+    return [(n['op'], n.get('attrs', {}), n['name'][len(prefix):]) for n in nodes if n['name'].startswith(prefix)]
+
+
+@pytest.mark.parametrize('grouped_conv', ['plain', 'blockdiag8', 'blockdiag16'])
+def test_autotune_times_the_unit_that_training_builds(grouped_conv):
+    """The unit ``autotune`` times is, node for node, the second conv2 unit of the ResNeXt-50
+    32x4d training graph of the same formulation: BatchNorm -> ReLU fused with blockdiag16 and
+    apart otherwise, the same grouped-convolution formulation, the same attributes."""
+    from symbols import get_symbol
+    unit = _unit_nodes(isa.tuning_unit(grouped_conv), 'u_')
+    trained = _unit_nodes(get_symbol('resnext', num_layers=50, grouped_conv=grouped_conv), 'conv2_x__2_')
+    assert unit == trained and len(unit) > 10
+    fused = sum(op == '_contrib_BatchNormWithReLU' for op, _, _ in unit)
+    assert fused == (3 if grouped_conv == 'blockdiag16' else 0)
