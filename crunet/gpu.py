@@ -33,10 +33,6 @@ _LAST_MINOR = {3: 7, 5: 3, 6: 2, 7: 5, 8: 9, 9: 0, 10: 3, 11: 0, 12: 1}
 SOURCE_BUILD = ('build MXNet 1.9.1 from source with CUDA 11.8+ for architecture %s '
                 '(cmake -DUSE_CUDA=ON -DUSE_CUDNN=ON -DMXNET_CUDA_ARCH=%s)')
 
-#: test hook: ``CRUNET_TEST_FAKE_GPUS="NVIDIA H100 80GB HBM3:9.0,NVIDIA A100:8.0"`` stands in for
-#: the driver's answer in :func:`driver_gpus` (empty: the driver reports no GPU)
-TEST_FAKE_GPUS = 'CRUNET_TEST_FAKE_GPUS'
-
 GPU = collections.namedtuple('GPU', 'index name compute_capability source')
 
 
@@ -46,14 +42,6 @@ def _parse_cc(text):
     if not m:
         raise ValueError('compute capability %r: expected MAJOR.MINOR such as 8.6' % (text,))
     return int(m.group(1)), int(m.group(2))
-
-
-def _fake_gpus(spec):
-    gpus = []
-    for i, item in enumerate(x for x in spec.split(',') if x.strip()):
-        name, _, cc = item.rpartition(':')
-        gpus.append(GPU(i, name.strip(), _parse_cc(cc), 'test hook %s' % TEST_FAKE_GPUS))
-    return gpus
 
 
 def _driver_api_gpus():
@@ -103,9 +91,6 @@ def driver_gpus():
     :data:`GPU` ``(index, name, (major, minor), source)``: from the CUDA driver API
     (``libcuda.so.1``) through ctypes, else from ``nvidia-smi``. Raises :class:`CudaSetupError`
     when neither answers (no driver)."""
-    fake = os.environ.get(TEST_FAKE_GPUS)
-    if fake is not None:
-        return _fake_gpus(fake)
     try:
         return _driver_api_gpus()
     except (OSError, AttributeError) as first:

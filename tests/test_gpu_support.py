@@ -10,9 +10,9 @@
   ``bench.speed``): one ``error:`` line, exit status 2. The cu117 ones run this venv's Python
   with the scratch install's ``mxnet`` and ``nvidia`` packages first on ``PYTHONPATH`` (a folder
   of links, so that one package can be left out), and a driver stand-in ``libcuda.so.1`` built
-  with gcc where ``libmxnet.so`` must load without a GPU; the GPUs the driver reports come from
-  the ``CRUNET_TEST_FAKE_GPUS`` test hook of :func:`crunet.gpu.driver_gpus`. The decision itself
-  is never faked: it reads the real ``libmxnet.so``.
+  with gcc where ``libmxnet.so`` must load without a GPU; the GPUs that stand-in's driver API
+  reports are the GPUs :func:`crunet.gpu.driver_gpus` sees (the product has no switch that makes
+  up GPUs). The decision itself is never faked: it reads the real ``libmxnet.so``.
 """
 import ctypes
 import glob
@@ -59,7 +59,6 @@ def _driver_present():
 def _own_cache(tmp_path, monkeypatch):
     """Architecture caches go to the test's folder, never to the user's ~/.cache."""
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-    monkeypatch.delenv(gpu.TEST_FAKE_GPUS, raising=False)
 
 
 # ============================================================================ reading fatbinaries
@@ -193,12 +192,62 @@ def test_check_gpus_names_the_gpu_the_build_cannot_drive():
         gpu.check_gpus([0], '0', CU117_BUILD, [])
 
 
-def test_fake_gpus_test_hook_stands_in_for_the_driver(monkeypatch):
-    monkeypatch.setenv(gpu.TEST_FAKE_GPUS, 'NVIDIA H100 80GB HBM3:9.0,Tesla V100-SXM2-16GB:7.0')
-    assert [(g.index, g.name, g.compute_capability) for g in gpu.driver_gpus()] == \
-        [(0, 'NVIDIA H100 80GB HBM3', (9, 0)), (1, 'Tesla V100-SXM2-16GB', (7, 0))]
-    monkeypatch.setenv(gpu.TEST_FAKE_GPUS, '')
-    assert gpu.driver_gpus() == []
+_DRIVER_API = r'''
+#include <string.h>
+static const char *names[] = {%(names)s};
+static const int majors[] = {%(majors)s}, minors[] = {%(minors)s};
+int cuInit(unsigned int flags) { return %(init)d; }
+int cuDeviceGetCount(int *count) { *count = %(count)d; return 0; }
+int cuDeviceGet(int *device, int ordinal) { *device = ordinal; return 0; }
+int cuDeviceGetName(char *name, int len, int device) { strncpy(name, names[device], len); return 0; }
+int cuDeviceGetAttribute(int *value, int attribute, int device) {
+    *value = attribute == 75 ? majors[device] : attribute == 76 ? minors[device] : 0; return 0; }
+'''
+
+
+def _fake_driver(tmp_path, gpus, other_functions=()):
+    """A ``libcuda.so.1`` in its own folder whose driver API reports ``gpus`` ((name, major,
+    minor), ...; none: ``cuInit`` answers CUDA_ERROR_NO_DEVICE), and exports ``other_functions``
+    answering CUDA_ERROR_NO_DEVICE. On ``LD_LIBRARY_PATH`` it stands in for the NVIDIA driver."""
+    gcc = shutil.which('gcc')
+    if gcc is None:
+        pytest.skip('gcc is needed to build the driver stand-in')
+    d = tmp_path / 'driver'
+    d.mkdir()
+    api = ('cuInit', 'cuDeviceGetCount', 'cuDeviceGet', 'cuDeviceGetName', 'cuDeviceGetAttribute')
+    source = _DRIVER_API % dict(names=', '.join('"%s"' % g[0] for g in gpus) or '""',
+                                majors=', '.join(str(g[1]) for g in gpus) or '0',
+                                minors=', '.join(str(g[2]) for g in gpus) or '0',
+                                init=0 if gpus else 100, count=len(gpus))
+    source += ''.join('int %s(void) { return 100; }\n' % n for n in other_functions if n not in api)
+    (d / 'stub.c').write_text(source)
+    subprocess.run([gcc, '-shared', '-fPIC', '-Wl,-soname,libcuda.so.1', '-o', str(d / 'libcuda.so.1'),
+                    str(d / 'stub.c')], check=True)
+    return str(d)
+
+
+_READ_GPUS = 'from crunet import gpu; print([(g.index, g.name, g.compute_capability, g.source) for g in gpu.driver_gpus()])'
+
+
+@pytest.mark.parametrize('gpus', [[('NVIDIA H100 80GB HBM3', 9, 0), ('Tesla V100-SXM2-16GB', 7, 0)], []],
+                         ids=['two', 'none'])
+def test_driver_gpus_are_read_through_the_driver_api(tmp_path, gpus):
+    """``driver_gpus`` asks ``libcuda.so.1`` (here one built by the test that answers like a
+    driver): names and compute capabilities in the driver's order; no device is an empty list."""
+    driver = _fake_driver(tmp_path, gpus)
+    proc = _run(['-c', _READ_GPUS], tmp_path, env_extra={'LD_LIBRARY_PATH': driver})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == repr([(i, name, (major, minor), 'driver')
+                                        for i, (name, major, minor) in enumerate(gpus)])
+
+
+def test_no_environment_variable_makes_up_gpus(tmp_path):
+    """Nothing but the driver says which GPUs there are: an environment variable naming GPUs
+    (``CRUNET_TEST_FAKE_GPUS`` here) changes nothing."""
+    driver = _fake_driver(tmp_path, [])
+    proc = _run(['-c', _READ_GPUS], tmp_path,
+                env_extra={'LD_LIBRARY_PATH': driver, 'CRUNET_TEST_FAKE_GPUS': 'NVIDIA H100 80GB HBM3:9.0'})
+    assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stderr[-3000:]
 
 
 @pytest.mark.skipif(_driver_present() or shutil.which('nvidia-smi') is not None,
@@ -231,7 +280,7 @@ def _one_error(proc):
 
 def _run(cmd, tmp_path, env_extra=None, pythonpath=()):
     env = {k: v for k, v in os.environ.items()
-           if k not in ('LD_LIBRARY_PATH', 'PYTHONPATH', gpu.TEST_FAKE_GPUS)}
+           if k not in ('LD_LIBRARY_PATH', 'PYTHONPATH')}
     env.update(XDG_CACHE_HOME=str(tmp_path / 'cache'), OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join(list(pythonpath) + [ROOT]))
     env.update(env_extra or {})
@@ -274,33 +323,28 @@ def _cu117_overlay(tmp_path, leave_out=()):
     return str(site)
 
 
-def _driver_stand_in(tmp_path):
-    """``libcuda.so.1`` exporting the driver functions libmxnet.so links, each answering
-    CUDA_ERROR_NO_DEVICE: lets the real libmxnet.so load on a machine without a GPU."""
-    gcc, nm = shutil.which('gcc'), shutil.which('nm')
-    if gcc is None or nm is None:
-        pytest.skip('gcc and nm are needed to build the driver stand-in')
+def _driver_stand_in(tmp_path, gpus=()):
+    """``libcuda.so.1`` exporting the driver functions libmxnet.so links (each answering
+    CUDA_ERROR_NO_DEVICE) and a driver API reporting ``gpus``: lets the real libmxnet.so load on
+    a machine without a GPU."""
+    nm = shutil.which('nm')
+    if nm is None:
+        pytest.skip('nm is needed to build the driver stand-in')
     lib = os.path.join(CU117_SITE, 'mxnet', 'libmxnet.so')
     out = subprocess.run([nm, '-D', '--undefined-only', lib], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout
     names = sorted({ln.split()[-1] for ln in out.splitlines() if ln.split()[-1][:2] == 'cu'
                     and ln.split()[-1][2:3].isupper()})
     assert 'cuLaunchKernel' in names
-    d = tmp_path / 'driver'
-    d.mkdir()
-    (d / 'stub.c').write_text(''.join('int %s(void) { return 100; }\n' % n for n in names))
-    subprocess.run([gcc, '-shared', '-fPIC', '-Wl,-soname,libcuda.so.1', '-o', str(d / 'libcuda.so.1'),
-                    str(d / 'stub.c')], check=True)
-    return str(d)
+    return _fake_driver(tmp_path, list(gpus), names)
 
 
 @needs_cu117
 @pytest.mark.parametrize('command', ['train', 'score', 'bench'])
 def test_hopper_gpu_is_refused_before_anything_is_built(tmp_path, command):
     site = _cu117_overlay(tmp_path)
-    driver = _driver_stand_in(tmp_path)
-    proc = _run(_commands(tmp_path)[command], tmp_path, pythonpath=[site],
-                env_extra={'LD_LIBRARY_PATH': driver, gpu.TEST_FAKE_GPUS: 'NVIDIA H100 80GB HBM3:9.0'})
+    driver = _driver_stand_in(tmp_path, [('NVIDIA H100 80GB HBM3', 9, 0)])
+    proc = _run(_commands(tmp_path)[command], tmp_path, pythonpath=[site], env_extra={'LD_LIBRARY_PATH': driver})
     line = _one_error(proc)
     assert line.startswith('error: --gpus 0: GPU 0 (NVIDIA H100 80GB HBM3, compute capability 9.0) cannot '
                            'run mxnet-cu117 1.9.1: its libmxnet.so holds machine code for 5.0, 6.0, 7.0, '
