@@ -30,7 +30,15 @@ class SaveError(OSError):
 
     def __init__(self, path, cause, code=None):
         super(SaveError, self).__init__(code, cause, path)
+        self.cause = cause
         self.message = 'cannot write %s: %s' % (path, cause)
+
+    def part_of(self, whole):
+        """The same failure told as one of ``whole``'s files (a checkpoint's ``.states`` or symbol
+        file): ``cannot write WHOLE (its PATH): CAUSE``."""
+        err = SaveError(whole, self.cause, self.errno)
+        err.message = 'cannot write %s (its %s): %s' % (whole, self.filename, self.cause)
+        return err
 
     def __str__(self):
         return self.message

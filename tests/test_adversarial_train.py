@@ -166,11 +166,15 @@ def test_atomic_save_temporaries_are_unique_per_process_and_call(tmp_path):
 
 
 # ----------------------------------------------------------------------------- disk full
-def test_disk_full_while_saving_names_the_file_and_keeps_the_previous_checkpoint(data, tmp_path):
+# an epoch's files take ~4.0 MB with the best copies (params ~1 MB, states ~1 MB each): with 5 MB
+# epoch 2's .states fits and its .params does not, with 4.5 MB its .states does not fit either
+@pytest.mark.parametrize('size, failing', [('5m', 'params'), ('4500k', 'states')])
+def test_disk_full_while_saving_names_the_checkpoint_and_keeps_the_previous_one(data, tmp_path, size, failing):
+    """A full disk in the middle of epoch 2's checkpoint: exit 1, one line naming PREFIX-0002.params
+    (and the file of it that failed) and saying no space is left; epoch 1 intact, nothing temporary."""
     disk = tmp_path / 'disk'
     disk.mkdir()
-    # room for one epoch's files (params ~1 MB, states ~1 MB, best copies ~2 MB), not for two
-    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', str(disk)],
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%s' % size, 'tmpfs', str(disk)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if mounted.returncode != 0:
         pytest.skip('cannot mount a small tmpfs here: %s' % mounted.stdout.strip())
@@ -179,9 +183,10 @@ def test_disk_full_while_saving_names_the_file_and_keeps_the_previous_checkpoint
         proc = run_train(tiny_args(data, prefix, epochs=3, batch=4))
         assert proc.returncode == EXIT_INTERNAL, proc.stderr[-3000:]
         line = _one_error_line(proc.stderr)
-        assert re.fullmatch(r'error: cannot write %s-\S+: no space left on device \(.*\)' % re.escape(str(prefix)),
-                            line), line
-        assert 'fwrite' not in line and 'MXNet' not in line
+        part = r' \(its %s-0002\.states\)' % re.escape(str(prefix)) if failing == 'states' else ''
+        assert re.fullmatch(r'error: cannot write %s-0002\.params%s: no space left on device \(%s has \d+ KiB free\)'
+                            % (re.escape(str(prefix)), part, re.escape(str(disk))), line), line
+        assert 'fwrite' not in line and 'MXNet' not in line and '.tmp' not in line
         _no_temporaries(disk)
         assert latest_checkpoint(str(prefix)) == 1            # the previous checkpoint is intact
         mx.model.load_checkpoint(str(prefix), 1)

@@ -32,7 +32,7 @@ import numpy as np
 from symbols.checkpoint import CheckpointError, load_params, params_path, save_params, symbol_path
 
 from ..errors import CLIError
-from ..files import atomic_save
+from ..files import SaveError, atomic_save
 
 __all__ = ['STATES_FORMAT', 'states_path', 'list_checkpoints', 'latest_checkpoint', 'finite_params',
            'save_epoch', 'read_states', 'write_states', 'restore_optimizer', 'device_params', 'replica_spread', 'mean_aux', 'sync_aux', 'settle',
@@ -411,11 +411,16 @@ def _copy_state(state):
 
 # ----------------------------------------------------------------------------- one epoch's files
 def save_epoch(mod, prefix, epoch, sym, arg_params, aux_params, schedule_state, dtype):
-    """Write one epoch's files atomically, ``.params`` last (its presence marks completeness)."""
-    atomic_save(symbol_path(prefix), lambda tmp: sym.save(tmp))
-    if not optimizer_on_servers(mod):
-        meta = dict(epoch=epoch, optimizer=type(mod._optimizer).__name__, dtype=dtype,
-                    update_counts=_counts_by_name(mod), schedule=schedule_state)
-        write_states(states_path(prefix, epoch), meta, _states_by_name(mod))
-    save_params(params_path(prefix, epoch), arg_params, aux_params)
+    """Write one epoch's files atomically, ``.params`` last (its presence marks completeness).
+    A failed write names the checkpoint (``PREFIX-NNNN.params``) and the file that failed."""
+    checkpoint = params_path(prefix, epoch)
+    try:
+        atomic_save(symbol_path(prefix), lambda tmp: sym.save(tmp))
+        if not optimizer_on_servers(mod):
+            meta = dict(epoch=epoch, optimizer=type(mod._optimizer).__name__, dtype=dtype,
+                        update_counts=_counts_by_name(mod), schedule=schedule_state)
+            write_states(states_path(prefix, epoch), meta, _states_by_name(mod))
+    except SaveError as exc:
+        raise exc.part_of(checkpoint) from None
+    save_params(checkpoint, arg_params, aux_params)
     logging.info('Saved checkpoint to "%s"', params_path(prefix, epoch))
