@@ -47,6 +47,7 @@ import collections
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -58,6 +59,7 @@ if __package__ in (None, ''):
 from crunet import isa, perf  # noqa: E402  (neither imports mxnet)
 from crunet.devices import parse_gpus  # noqa: E402  (does not import mxnet)
 from crunet.errors import CLIError, die  # noqa: E402
+from crunet.files import atomic_write_text  # noqa: E402
 
 __all__ = ['MODELS', 'PEERS', 'measure', 'run', 'format_table', 'main']
 
@@ -92,6 +94,8 @@ def _spec(key):
 def _label(key):
     return _spec(key).label + (', MXNet stock settings' if key.endswith(STOCK) else '')
 RESULT_TAG = 'BENCH_SPEED_RESULT '
+#: where each run's record is written (``--record-dir``)
+RECORD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'records')
 
 
 # ============================================================================ child: one model
@@ -110,13 +114,14 @@ def _device_mem_mb(mx, ctx):
 
 
 def _cpu_jiffies():
-    """(busy jiffies of the whole machine, jiffies used by this process), or None off Linux."""
+    """(busy jiffies of the whole machine, jiffies used by this process and the children it has
+    waited for), or None off Linux."""
     try:
         with open('/proc/stat') as f:
             v = [int(x) for x in f.readline().split()[1:]]
         with open('/proc/self/stat') as f:
             own = f.read().rsplit(')', 1)[1].split()
-        return sum(v) - v[3] - (v[4] if len(v) > 4 else 0), int(own[11]) + int(own[12])
+        return sum(v) - v[3] - (v[4] if len(v) > 4 else 0), sum(int(x) for x in own[11:15])
     except (OSError, ValueError, IndexError):  # pragma: no cover
         return None
 
@@ -180,8 +185,8 @@ def _zoo_runners(mx, spec, args, ctx, data, label):
         mod = mx.mod.Module(sym, context=ctx)
         mod.bind(for_training=True, **shapes)
         mod.init_params(init)
-        mod.init_optimizer(optimizer='sgd', optimizer_params=dict(
-            learning_rate=1e-3, momentum=0.9, wd=1e-4, rescale_grad=1.0 / data.shape[0]))
+        mod.init_optimizer(optimizer='nag', optimizer_params=dict(   # crunet-train's defaults
+            learning_rate=1e-3, momentum=0.9, wd=5e-4, rescale_grad=1.0 / data.shape[0]))
         state['train'] = mod
 
     def train():
@@ -227,6 +232,46 @@ def _gluon_runners(mx, spec, args, ctx, data, label):
     return plain, setup_score, score, setup_train, train
 
 
+def cli_command(spec, args):
+    """The ``train_imagenet.py`` command :func:`train_cli` times: ``--benchmark 1`` (one random
+    batch in memory, as the bare loop uses), one line per batch (``--disp-batches 1``), the
+    formulation of the bare loop, nothing written to disk."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, 'train_imagenet.py'), '--network', spec.name, '--benchmark', '1',
+           '--batch-size', str(args.batch_size), '--num-examples', str(args.batch_size * (args.warmup + args.iters)),
+           '--disp-batches', '1', '--image-shape', '3,%d,%d' % (args.image_size, args.image_size),
+           '--num-epochs', '1', '--grouped-conv', args.grouped_conv, '--plot', '0',
+           '--gpus', ','.join(str(g) for g in args.gpus)]
+    for flag in ('num_layers', 'setting'):
+        if spec.kwargs.get(flag) is not None:
+            cmd += ['--' + flag.replace('_', '-'), str(spec.kwargs[flag])]
+    return cmd
+
+
+_SPEED_LINE = re.compile(r'Epoch\[0\] Batch \[(\d+)\]\tSpeed: ([\d.]+) samples/sec')
+
+
+def train_cli(spec, args):
+    """Per-batch wall times of the training command users run (:func:`cli_command`), read from its
+    ``Speed:`` lines (each covers one batch, Python between batches included), the first
+    ``--warmup`` left out; and the share of the CPU other processes took meanwhile."""
+    j0, t0 = _cpu_jiffies(), time.perf_counter()
+    proc = subprocess.run(cli_command(spec, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=args.timeout)
+    j1, wall = _cpu_jiffies(), time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError('train_imagenet.py failed (exit %d): %s' % (proc.returncode, proc.stderr[-2000:]))
+    speeds = [(int(b), float(v)) for b, v in _SPEED_LINE.findall(proc.stderr)]
+    times = [args.batch_size / v for b, v in speeds if b > args.warmup]
+    if len(times) != args.iters:
+        raise RuntimeError('expected %d timed Speed lines from train_imagenet.py, read %d' % (args.iters, len(times)))
+    others = None
+    if j0 and j1:
+        hz = os.sysconf('SC_CLK_TCK')
+        others = max(0.0, ((j1[0] - j0[0]) - (j1[1] - j0[1])) / float(hz) / (wall * (os.cpu_count() or 1)))
+    return times, others
+
+
 def measure(key, args):
     """Measure one model in this process; returns a dict (see the module docstring)."""
     import warnings
@@ -255,6 +300,9 @@ def measure(key, args):
         times, others = _timed(train, args.warmup, args.iters)
         out.update(train_times=times, train_ips=_ips(bs, times, args.stat), train_others_cpu=others,
                    train_peak_mb=_device_mem_mb(mx, ctx) or _peak_rss_mb())
+    if 'train-cli' in args.modes and spec.kind == 'zoo':
+        times, others = train_cli(spec, args)
+        out.update(train_cli_times=times, train_cli_ips=_ips(bs, times, args.stat), train_cli_others_cpu=others)
     out['seconds'] = time.perf_counter() - t0
     return out
 
@@ -299,8 +347,16 @@ def _median(values):
     return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
 
 
+#: the measured modes, as keys of a result (``train-cli``: ``train_cli_ips``, ...)
+MODES = ('train', 'train-cli', 'score')
+
+
+def _key(mode):
+    return mode.replace('-', '_')
+
+
 def _others(res):
-    return max(res.get('train_others_cpu') or 0, res.get('score_others_cpu') or 0)
+    return max(res.get(_key(m) + '_others_cpu') or 0 for m in MODES)
 
 
 def summarize(rounds, models, peers, max_others=1.0):
@@ -320,13 +376,13 @@ def summarize(rounds, models, peers, max_others=1.0):
             rows[key] = dict(model=key, label=_label(key), error=[r[key].get('error') for r in rounds if key in r][:1])
             continue
         row = dict(model=key, label=_label(key), macs=runs[0].get('macs'))
-        row['others_cpu_max'] = max([r.get(m + '_others_cpu') or 0 for r in runs for m in ('train', 'score')])
-        for mode in ('train', 'score'):
+        row['others_cpu_max'] = max([r.get(_key(m) + '_others_cpu') or 0 for r in runs for m in MODES])
+        for mode in map(_key, MODES):
             ips = [r.get(mode + '_ips') for r in runs]
             row[mode + '_ips'] = _median(ips)
             row[mode + '_ips_rounds'] = ips
             row[mode + '_peak_mb'] = max([r.get(mode + '_peak_mb') or 0 for r in runs]) or None
-            factor = 3.0 if mode == 'train' else 1.0
+            factor = 1.0 if mode == 'score' else 3.0
             if row['macs'] and row[mode + '_ips']:
                 row[mode + '_gmacs'] = factor * row['macs'] * row[mode + '_ips'] / 1e9
             for peer in peers:
@@ -338,6 +394,12 @@ def summarize(rounds, models, peers, max_others=1.0):
                         clean_rounds.append(a / b)
                 row['%s_x_%s' % (mode, peer)] = _median(clean_rounds or per_round)
                 row['%s_x_%s_rounds' % (mode, peer)] = per_round
+        # the command against the bare loop of the same graph, within each round
+        per_round = [r[key]['train_cli_ips'] / r[key]['train_ips'] if r.get(key, {}).get('train_cli_ips')
+                     and r[key].get('train_ips') else None for r in rounds]
+        clean_rounds = [v for v, r in zip(per_round, rounds) if v is not None and _others(r[key]) <= max_others]
+        row['train_cli_x_train'] = _median(clean_rounds or per_round)
+        row['train_cli_x_train_rounds'] = per_round
         rows[key] = row
     return rows
 
@@ -350,8 +412,10 @@ def format_table(rows, peers, machine=None):
     """Markdown table of :func:`summarize`'s rows; ``machine`` (:func:`machine_fields`) adds a first
     line naming the machine, and a CPU/ISA column, so a pasted table says where it was measured."""
     head = ['model', 'machine'] if machine else ['model']
-    head += ['G MACs', 'train img/s', 'score img/s', 'train GMAC/s', 'score GMAC/s']
+    head += ['G MACs', 'train img/s', 'train-cli img/s', 'train-cli x train', 'score img/s', 'train GMAC/s',
+             'score GMAC/s']
     head += ['train x %s' % PEER_SHORT.get(p, p) for p in peers]
+    head += ['train-cli x %s' % PEER_SHORT.get(p, p) for p in peers]
     head += ['score x %s' % PEER_SHORT.get(p, p) for p in peers]
     if machine and machine['device'].startswith('GPU'):
         # gpu_memory_info is device-wide (total - free): MXNet's pool, cuDNN workspaces, other processes
@@ -370,8 +434,10 @@ def format_table(rows, peers, machine=None):
                                                   if row['error'] and row['error'][0] else 'failed'))
             continue
         cells = [key] + where + [_fmt(row['macs'] and row['macs'] / 1e9), _fmt(row.get('train_ips')),
-                 _fmt(row.get('score_ips')), _fmt(row.get('train_gmacs'), '%.1f'), _fmt(row.get('score_gmacs'), '%.1f')]
+                 _fmt(row.get('train_cli_ips')), _fmt(row.get('train_cli_x_train'), '%.3fx'), _fmt(row.get('score_ips')),
+                 _fmt(row.get('train_gmacs'), '%.1f'), _fmt(row.get('score_gmacs'), '%.1f')]
         cells += [_fmt(row.get('train_x_%s' % p), '%.2fx') for p in peers]
+        cells += [_fmt(row.get('train_cli_x_%s' % p), '%.2fx') for p in peers]
         cells += [_fmt(row.get('score_x_%s' % p), '%.2fx') for p in peers]
         cells += [_fmt(row.get('train_peak_mb'), '%.0f'), _fmt(row.get('score_peak_mb'), '%.0f'),
                   _fmt(row.get('others_cpu_max') and 100 * row['others_cpu_max'], '%.0f%%')]
@@ -433,9 +499,41 @@ def run(args, log=print):
                          machine=platform.machine(), cpu=machine['cpu'], cores=machine['cores'],
                          logical_cpus=os.cpu_count(), isa=machine['isa'], isa_text=machine.get('isa_text'),
                          onednn=machine.get('onednn'), load_end=os.getloadavg()),
+        versions=package_versions(), commit=git_commit(), ended=time.time(),
         seconds=time.time() - t0, peers=peers, rows=list(rows.values()), rounds=rounds)
     report['table'] = format_table(rows, peers, report['machine'])
     return report
+
+
+def record_path(directory, report):
+    """``DIR/speed-<UTC time of the run's end>.json`` (None without a directory)."""
+    if not directory:
+        return None
+    return os.path.join(directory, 'speed-%s.json' % time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(report['ended'])))
+
+
+def package_versions():
+    """Versions of the packages the figures depend on (None: not installed)."""
+    from importlib import metadata
+    out = {}
+    for name in ('mxnet', 'numpy', 'gluoncv', 'gluoncv2', 'opencv-python'):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10)
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() + (' (modified)' if dirty.stdout.strip() else '')) or None
 
 
 def machine_fields(machine, args):
@@ -456,12 +554,14 @@ def parse_args(argv=None):
     p.add_argument('--models', nargs='+', default=DEFAULT_MODELS, metavar='MODEL',
                    help='any of: %s; KEY%s runs KEY with MXNet\'s stock settings (default: %s)'
                    % (', '.join(MODELS), STOCK, ' '.join(DEFAULT_MODELS)))
-    p.add_argument('--modes', nargs='+', default=['score', 'train'], choices=['score', 'train'])
+    p.add_argument('--modes', nargs='+', default=['score', 'train', 'train-cli'], choices=MODES,
+                   help='score: forward only; train: forward, backward and update in a bare loop; train-cli: '
+                        'the same model through train_imagenet.py --benchmark 1, timed from its Speed lines '
+                        '(this project\'s models only; default: all three)')
     p.add_argument('--warmup', type=int, default=2, help='untimed iterations per measurement')
     p.add_argument('--iters', type=int, default=3, help='timed iterations per measurement')
-    p.add_argument('--stat', default='best', choices=['best', 'median'],
-                   help='images/s from the fastest timed iteration (default: other processes only ever '
-                        'slow an iteration down) or from the median one')
+    p.add_argument('--stat', default='median', choices=['median', 'best'],
+                   help='images/s from the median timed iteration (default) or from the fastest one')
     p.add_argument('--repeat', type=int, default=3,
                    help='rounds over all models, interleaved, every other one in reverse order; ratios are '
                         'the median over rounds (default 3: ~10 minutes for the default list on 2 idle '
@@ -478,7 +578,11 @@ def parse_args(argv=None):
     p.add_argument('--retries', type=int, default=2)
     p.add_argument('--retry-wait', type=int, default=20, help='seconds to wait before measuring again')
     p.add_argument('--timeout', type=float, default=1800, help='seconds allowed to one model')
-    p.add_argument('--json', help='write the report (all rounds, all iterations) here')
+    p.add_argument('--json', help='also write the report (all rounds, all iterations) here')
+    p.add_argument('--record-dir', default=RECORD_DIR,
+                   help='where the record of the run goes: speed-<UTC time>.json, the report with every round '
+                        'and iteration, the machine, the versions and the command (default bench/records; '
+                        "'' writes none)")
     p.add_argument('--child', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     bad = [m for m in args.models if m.split('@')[0] not in MODELS or m.count('@') > 1
@@ -517,10 +621,9 @@ def main(argv=None):
           'x PEER: images/s ratio to the peer, same round (median over rounds). Peak RSS in MB of the '
           'model\'s process. others\' CPU: the largest share of the machine other processes used '
           'during a measurement (measurements above --max-others are retried and left out when a clean round exists).')
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
-        log('wrote %s' % args.json)
+    for path in filter(None, [record_path(args.record_dir, report), args.json]):
+        atomic_write_text(path, json.dumps(report, indent=1) + '\n')
+        log('wrote %s' % path)
     return 0 if all('error' not in row for row in report['rows']) else 1
 
 

@@ -467,8 +467,8 @@ def test_bench_speed_summary_without_peers_installed():
     the table names the machine (CPU model, cores, oneDNN's ISA)."""
     from bench import speed
     args = speed.parse_args([])
-    assert args.models == speed.DEFAULT_MODELS and args.repeat == 3 and args.stat == 'best'
-    assert args.grouped_conv == 'auto'
+    assert args.models == speed.DEFAULT_MODELS and args.repeat == 3 and args.stat == 'median'
+    assert args.grouped_conv == 'auto' and args.modes == ['score', 'train', 'train-cli']
     assert speed.parse_args(['--models', 'crunet56', 'gluoncv2:crunet56@stock']).models[-1].endswith('@stock')
     with pytest.raises(SystemExit):
         speed.parse_args(['--models', 'nonet'])
@@ -477,7 +477,7 @@ def test_bench_speed_summary_without_peers_installed():
     peer = 'gluoncv2:crunet56'
 
     def res(key, train, score, others=0.0):
-        return {'model': key, 'macs': 5.63e9, 'train_ips': train, 'score_ips': score,
+        return {'model': key, 'macs': 5.63e9, 'train_ips': train, 'score_ips': score, 'train_cli_ips': 0.9 * train,
                 'train_others_cpu': others, 'score_others_cpu': others, 'train_peak_mb': 1000.0}
     rounds = [{'crunet56': res('crunet56', 3.0, 12.0), peer: res(peer, 2.0, 10.0)},
               {'crunet56': res('crunet56', 1.0, 6.0, others=0.5), peer: res(peer, 3.0, 10.0)},
@@ -486,6 +486,7 @@ def test_bench_speed_summary_without_peers_installed():
     row = rows['crunet56']
     assert row['train_x_%s' % peer] == pytest.approx((1.5 + 1.1) / 2)  # the busy round left out
     assert row['train_gmacs'] == pytest.approx(3 * 5.63 * 3.15)
+    assert row['train_cli_x_train'] == pytest.approx(0.9)               # the command against the bare loop
     args = speed.parse_args(['--grouped-conv', 'blockdiag8'])
     args.machine = MACHINE
     speed.resolve_machine(args)
@@ -549,3 +550,24 @@ def test_fused_training_step_is_bit_identical_under_avx2_kernels():
     proc = subprocess.run([sys.executable, '-c', _FUSED_CAPPED_CHILD, os.path.join(ROOT, 'tests')], env=env,
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == 0 and 'FUSED_CAPPED_OK' in proc.stdout, proc.stderr[-3000:]
+
+
+def test_bench_times_the_training_command_with_the_bare_loops_graph():
+    """``--modes train-cli`` runs train_imagenet.py itself, on the formulation of the bare loop,
+    with one random batch in memory (as the bare loop), one Speed line per batch and nothing
+    written; the record names the machine and the versions."""
+    from bench import speed
+    args = speed.resolve_machine(speed.parse_args(['--models', 'resnet50', '--grouped-conv', 'blockdiag8',
+                                                   '--batch-size', '2', '--warmup', '1', '--iters', '2']))
+    cmd = speed.cli_command(speed.MODELS['crunet56'], args)
+    assert cmd[1] == os.path.join(ROOT, 'train_imagenet.py')
+    flags = dict(zip(cmd[2::2], cmd[3::2]))
+    assert flags == {'--network': 'crunet', '--num-layers': '56', '--benchmark': '1', '--batch-size': '2',
+                     '--num-examples': '6', '--disp-batches': '1', '--image-shape': '3,224,224', '--num-epochs': '1',
+                     '--grouped-conv': 'blockdiag8', '--plot': '0', '--gpus': ''}
+    args.image_size = 32
+    times, others = speed.train_cli(speed.MODELS['resnet50'], args)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    report = dict(ended=0.0)
+    assert speed.record_path('/r', report) == '/r/speed-19700101T000000Z.json' and speed.record_path('', report) is None
+    assert speed.package_versions()['mxnet'] == mx.__version__

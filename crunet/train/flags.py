@@ -268,7 +268,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 def check_peak_rate(args):
     """The largest learning rate of the schedule (the base rate, the warmup start, and under the
-    step policy the base rate times every factor above 1) fits in float32."""
+    step policy the base rate times every factor above 1) fits in float32. Unset rates (their
+    default depends on the depth, filled in by the paper's recipe) are checked once known."""
+    if args.lr is None:
+        return
     peak, how = args.lr, '--lr %g' % args.lr
     if resolve_policy(args) == 'step' and args.lr_factor > 1:
         steps = [e for e in args.lr_step_epochs.split(',') if e.strip()]
@@ -276,7 +279,7 @@ def check_peak_rate(args):
             peak *= args.lr_factor              # float overflow gives inf, never an exception
         if steps:
             how += ' x --lr-factor %g at epochs %s' % (args.lr_factor, args.lr_step_epochs)
-    if args.warmup_lr > peak:
+    if (args.warmup_lr or 0.0) > peak:
         peak, how = args.warmup_lr, '--warmup-lr %g' % args.warmup_lr
     if not peak <= FLOAT32_MAX:
         raise CLIError('%s: the learning rate reaches %g, beyond float32 (largest %g), the type MXNet\'s '
