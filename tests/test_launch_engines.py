@@ -1,0 +1,123 @@
+"""The launcher's fault promises under each engine: ps-lite on this machine, Horovod ranks
+(``--engine horovod``) and ps-lite roles started by ``srun`` in a real one-node Slurm allocation
+(``--launcher slurm``). A process that dies stops all the others; SIGHUP/SIGTERM/SIGINT to the
+launcher stops every process; a frozen (SIGSTOP) process stops the job with a line naming it.
+The jobs are small Python programs that sleep; every wait is bounded."""
+import os
+import signal
+import sys
+
+import pytest
+
+from engine_helpers import LAUNCH, TAG, Running, kill_tagged, needs_horovod, new_tag, tagged_pids, wait_for
+from slurm_helpers import slurm_cluster  # noqa: F401  (fixture)
+from train_helpers import env as test_env
+
+SLEEP = [sys.executable, '-c', 'import time; time.sleep(90)']
+ENGINES = [pytest.param('ps-lite'), pytest.param('horovod', marks=needs_horovod), pytest.param('slurm')]
+
+
+@pytest.fixture(scope='module')
+def allocation(request):
+    """Under the slurm engine: (cluster, job id) of a one-task allocation (salloc --no-shell)."""
+    cluster = request.getfixturevalue('slurm_cluster')
+    job_id = cluster.allocate(1)
+    yield cluster, job_id
+    cluster.run(['scancel', job_id], check=False)
+
+
+class EngineJob(object):
+    """``tools/launch.py`` of two workers (ranks) running SLEEP under ``engine``."""
+
+    def __init__(self, engine, request, extra=()):
+        self.tag = new_tag()
+        self.engine = engine
+        flags = ['-n', '2', '--env', '%s=%s' % (TAG, self.tag)] + list(extra)
+        environ = test_env()
+        if engine == 'horovod':
+            flags += ['--engine', 'horovod']
+        else:
+            flags += ['-s', '1']
+        if engine == 'slurm':
+            cluster, job_id = request.getfixturevalue('allocation')
+            environ = cluster.allocation_env(job_id, PYTHONPATH=environ['PYTHONPATH'])
+            flags += ['--launcher', 'slurm']
+        self.run = Running([sys.executable, LAUNCH] + flags + SLEEP, environ)
+        self.expected = 2 if engine == 'horovod' else 4          # programs: ranks, or the ps-lite roles
+
+    def programs(self):
+        """{pid: name} of the running SLEEP programs of the job (the Slurm tasks, not the srun clients)."""
+        from crunet.cluster import process_environ, process_name
+        return {pid: process_name(process_environ(pid), pid) for pid, cmd in tagged_pids(self.tag).items()
+                if 'time.sleep' in cmd and not cmd.startswith('srun')}
+
+    def started(self):
+        found = wait_for(lambda: len(self.programs()) == self.expected and self.programs(), 40)
+        assert found, 'the job did not start: %s' % self.run.output()[-3000:]
+        return found
+
+    def pid_of(self, name):
+        return [pid for pid, n in self.started().items() if n == name][0]
+
+    def finish(self, timeout=30):
+        try:
+            rc = self.run.proc.wait(timeout=timeout)
+        except Exception:
+            rc = None
+        left = wait_for(lambda: not tagged_pids(self.tag), 8) or tagged_pids(self.tag)
+        return rc, self.run.output(), left
+
+    def cleanup(self):
+        self.run.kill()
+        kill_tagged(self.tag)
+
+
+@pytest.fixture
+def engine_job(request):
+    jobs = []
+
+    def make(engine, extra=()):
+        jobs.append(EngineJob(engine, request, extra))
+        return jobs[-1]
+    yield make
+    for j in jobs:
+        j.cleanup()
+
+
+def _second(engine):
+    return 'rank 1' if engine == 'horovod' else 'worker 1'
+
+
+@pytest.mark.parametrize('engine', ENGINES)
+def test_a_process_that_dies_stops_every_other(engine_job, engine):
+    j = engine_job(engine)
+    victim = j.pid_of(_second(engine))
+    os.kill(victim, signal.SIGKILL)
+    rc, out, left = j.finish()
+    assert rc not in (None, 0), out[-3000:]
+    assert left is True, 'processes left running: %s' % left
+    assert any(_second(engine) in line and ('killed by signal 9' in line or 'exited with code' in line)
+               for line in out.splitlines()), out[-3000:]
+
+
+@pytest.mark.parametrize('sig', [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize('engine', ENGINES)
+def test_a_signal_to_the_launcher_stops_every_process(engine_job, engine, sig):
+    j = engine_job(engine)
+    j.started()
+    j.run.proc.send_signal(sig)
+    rc, out, left = j.finish()
+    assert rc == 128 + sig, (rc, out[-3000:])
+    assert left is True, 'processes left running: %s' % left
+
+
+@pytest.mark.parametrize('engine', ENGINES)
+def test_a_frozen_process_stops_the_job_with_its_name(engine_job, engine):
+    j = engine_job(engine, ['--frozen-timeout', '1'])
+    victim = j.pid_of(_second(engine))
+    os.kill(victim, signal.SIGSTOP)
+    rc, out, left = j.finish()
+    errors = [line for line in out.splitlines() if line.startswith('error:')]
+    assert rc == 1 and len(errors) == 1, out[-3000:]
+    assert '%s (pid %d) has been stopped (frozen, state T)' % (_second(engine), victim) in errors[0], errors
+    assert left is True, 'processes left running: %s' % left
