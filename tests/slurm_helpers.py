@@ -15,6 +15,7 @@ import time
 import pytest
 
 from crunet.launch import free_port
+from train_helpers import env as test_env
 
 DAEMONS = ('munged', 'slurmctld', 'slurmd', 'srun', 'salloc', 'sbatch', 'scancel', 'sinfo', 'scontrol')
 
@@ -63,7 +64,8 @@ class Slurm(object):
         self.procs = []
 
     def env(self, **extra):
-        e = dict(os.environ, SLURM_CONF=self.conf)
+        """The tests' environment (train_helpers.env) with this cluster's ``SLURM_CONF``."""
+        e = dict(test_env(), SLURM_CONF=self.conf)
         for k in [k for k in e if k.startswith('SLURM_') and k != 'SLURM_CONF']:
             del e[k]                               # never the allocation of whoever runs the tests
         e.update(extra)

@@ -40,7 +40,7 @@ class EngineJob(object):
             flags += ['-s', '1']
         if engine == 'slurm':
             cluster, job_id = request.getfixturevalue('allocation')
-            environ = cluster.allocation_env(job_id, PYTHONPATH=environ['PYTHONPATH'])
+            environ = cluster.allocation_env(job_id)
             flags += ['--launcher', 'slurm']
         self.run = Running([sys.executable, LAUNCH] + flags + SLEEP, environ)
         self.expected = 2 if engine == 'horovod' else 4          # programs: ranks, or the ps-lite roles
