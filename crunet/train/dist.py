@@ -19,7 +19,7 @@ import os
 
 import mxnet as mx
 
-__all__ = ['create_kvstore', 'is_cluster', 'is_sync_cluster', 'worker_sums', 'WorkerSum', 'sum_float16_in_float32']
+__all__ = ['create_kvstore', 'rank_devices', 'is_cluster', 'is_sync_cluster', 'worker_sums', 'WorkerSum', 'sum_float16_in_float32']
 
 
 def create_kvstore(kv_store, num_devices, dtype='float32'):
@@ -65,6 +65,15 @@ def sum_float16_in_float32(kv):
     """
     from mxnet.kvstore.kvstore import _get_kvstore_server_command_type
     kv._send_command_to_servers(_get_kvstore_server_command_type('kSetMultiPrecision'), '')
+
+
+def rank_devices(contexts, kv):
+    """The devices this process trains on: under Horovod with GPUs the one of its local rank
+    (``--gpus`` lists the GPUs of the machine, rank ``hvd.local_rank()`` takes the one at that
+    position, as GluonCV's Horovod scripts do); otherwise all of ``contexts``."""
+    if kv is None or kv.type != 'horovod' or contexts[0].device_type != 'gpu':
+        return contexts
+    return [contexts[kv.local_rank % len(contexts)]]
 
 
 def is_cluster(kv_store):

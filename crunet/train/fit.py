@@ -51,6 +51,7 @@ class Run(object):
     def __init__(self, args):
         self.contexts = get_contexts(args.gpus, args.cpus)
         self.kv = dist.create_kvstore(args.kv_store, len(self.contexts), args.dtype)
+        self.contexts = dist.rank_devices(self.contexts, self.kv)
         self.rank = self.kv.rank if self.kv is not None else 0
         self.num_workers = self.kv.num_workers if self.kv is not None else 1
         self.cluster = dist.is_cluster(args.kv_store)
