@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 
 import mxnet as mx
 import numpy as np
@@ -147,17 +148,19 @@ def test_a_rank_killed_mid_epoch_stops_the_job_naming_it_and_keeps_the_checkpoin
     job = Running([PYTHON, LAUNCH, '--engine', 'horovod', '-n', '2', '--env', '%s=%s' % (TAG, tag), PYTHON, TRAIN]
                   + _hvd_args(data, prefix, 50, extra=['--disp-batches', '1']), env(), ROOT)
     try:
-        assert job.saw('Epoch[2] Batch [1]', 180), job.output()[-4000:]
-        assert latest_checkpoint(str(prefix)) >= 2
+        assert job.saw('Epoch[1] Batch [1]', 180), job.output()[-4000:]
+        assert latest_checkpoint(str(prefix)) >= 1
         ranks = {process_env(pid).get('HOROVOD_RANK'): pid for pid in tagged_pids(tag)}
         os.kill(ranks['1'], signal.SIGKILL)
-        rc = job.proc.wait(timeout=20)          # within seconds (the launcher polls every 0.1 s)
+        t0 = time.time()
+        rc = job.proc.wait(timeout=30)
+        took = time.time() - t0
         out = job.output()
-        assert rc != 0
+        assert rc != 0 and took < 10, (rc, took)   # measured: about 3 s (the others get SIGTERM, 3 s grace)
         assert 'launch.py: rank 1 (pid %d) killed by signal 9; stopping the other processes' % ranks['1'] in out
         assert not tagged_pids(tag)
         last = latest_checkpoint(str(prefix))
-        assert last >= 2
+        assert last >= 1
         params = load_params(prefix, last)
         assert params and all(np.isfinite(v).all() for v in params.values())
         meta, states = read_states('%s-%04d.states' % (prefix, last))
