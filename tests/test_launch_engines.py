@@ -5,6 +5,7 @@ launcher stops every process; a frozen (SIGSTOP) process stops the job with a li
 The jobs are small Python programs that sleep; every wait is bounded."""
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -121,3 +122,31 @@ def test_a_frozen_process_stops_the_job_with_its_name(engine_job, engine):
     assert rc == 1 and len(errors) == 1, out[-3000:]
     assert '%s (pid %d) has been stopped (frozen, state T)' % (_second(engine), victim) in errors[0], errors
     assert left is True, 'processes left running: %s' % left
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--launcher', 'slurm', '-n', '2'], 'error: --launcher slurm runs inside a Slurm allocation (SLURM_JOB_NODELIST '
+                                         'is unset)'),
+    (['--engine', 'horovod'], 'error: -n WORKERS is needed (the number of ranks)'),
+    (['--engine', 'horovod', '-n', '2', '--launcher', 'ssh'], 'error: --engine horovod --launcher ssh: use horovodrun'),
+])
+def test_engine_and_launcher_usage_errors_are_one_line(flags, message):
+    environ = {k: v for k, v in test_env().items() if not k.startswith('SLURM_')}
+    res = subprocess.run([sys.executable, LAUNCH] + flags + SLEEP, capture_output=True, text=True, timeout=30,
+                         env=environ)
+    assert res.returncode == 2 and res.stderr.count('\n') == 1 and res.stderr.startswith(message), res.stderr
+
+
+@needs_horovod
+def test_horovod_dry_run_gives_each_rank_horovodruns_variables():
+    res = subprocess.run([sys.executable, LAUNCH, '--engine', 'horovod', '-n', '2', '--dry-run', 'python', 'train.py',
+                          '--network', 'crunet'], capture_output=True, text=True, timeout=30, env=test_env())
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [['rank', '0'], ['rank', '1']]
+    for rank, line in enumerate(lines):
+        for part in ('HOROVOD_RANK=%d' % rank, 'HOROVOD_SIZE=2', 'HOROVOD_LOCAL_RANK=%d' % rank,
+                     'HOROVOD_CONTROLLER=gloo', 'HOROVOD_CPU_OPERATIONS=gloo', 'HOROVOD_GLOO_IFACE=lo',
+                     'HOROVOD_GLOO_RENDEZVOUS_ADDR=127.0.0.1'):
+            assert part in line, line
+        assert line.endswith('python train.py --network crunet')        # the command word for word
