@@ -337,7 +337,10 @@ def _cluster_jobs(args, command, num_servers, extra):
         except slurm.SlurmError as exc:
             raise _Refused(exc)
     here = alloc is None or alloc.local
-    host = '127.0.0.1' if here else (args.host_ip or this_host_ip(alloc.nodes[0]))
+    host = '127.0.0.1' if here else (args.host_ip or this_host_ip(alloc.nodes[-1]))
+    if host.startswith('127.') and not here:
+        raise _Refused('--launcher slurm: this host\'s address for %s is %s (loopback); pass --host-ip ADDRESS'
+                       % (alloc.nodes[-1], host))
     num = args.num_workers or alloc.ntasks or len(alloc.nodes)
     rendezvous = None
     if args.engine == 'horovod':
