@@ -150,3 +150,30 @@ def test_horovod_dry_run_gives_each_rank_horovodruns_variables():
                      'HOROVOD_GLOO_RENDEZVOUS_ADDR=127.0.0.1'):
             assert part in line, line
         assert line.endswith('python train.py --network crunet')        # the command word for word
+
+
+def test_slurm_steps_of_a_ps_lite_job_go_round_the_nodes_and_the_scheduler_stays():
+    from crunet import launch, slurm
+    jobs = slurm.spread(launch.local_jobs(['python', 'train.py'], 2, 2, port=9000, root_uri='10.0.0.5',
+                                          node_host=None), ['n1', 'n2'])
+    assert [j[0] for j in jobs] == ['scheduler', 'server 0@n1', 'server 1@n2', 'worker 0@n1', 'worker 1@n2']
+    assert jobs[0][1] == ['python', 'train.py']
+    for name, argv, environ in jobs[1:]:
+        node = name.rsplit('@', 1)[1]
+        assert argv[:argv.index('python')] == ['srun', '--nodes=1', '--ntasks=1', '--nodelist=%s' % node, '--overlap',
+                                               '--kill-on-bad-exit=1', '--export=ALL',
+                                               '--job-name=%s' % name.split('@')[0].replace(' ', '-'), '--quiet']
+        assert argv[-2:] == ['python', 'train.py']
+        assert environ['DMLC_PS_ROOT_URI'] == '10.0.0.5' and 'DMLC_NODE_HOST' not in environ
+
+
+@needs_horovod
+def test_slurm_puts_each_horovod_rank_on_the_node_of_its_slot():
+    from crunet import hvdlaunch, slurm
+    plan = hvdlaunch.slot_plan([('n1', 2), ('n2', 2)], 4)
+    jobs = slurm.spread(hvdlaunch.rank_jobs(['python', 't.py'], plan, '10.0.0.5', 1234, 'ib0', {}), ['n1', 'n2'])
+    assert [j[0] for j in jobs] == ['rank 0@n1', 'rank 1@n1', 'rank 2@n2', 'rank 3@n2']
+    assert [(j[2]['HOROVOD_LOCAL_RANK'], j[2]['HOROVOD_CROSS_RANK']) for j in jobs] == \
+        [('0', '0'), ('1', '0'), ('0', '1'), ('1', '1')]
+    assert all('--nodelist=%s' % j[2]['HOROVOD_HOSTNAME'] in j[1] for j in jobs)
+    assert all(j[2]['HOROVOD_GLOO_IFACE'] == 'ib0' and j[2]['HOROVOD_GLOO_RENDEZVOUS_PORT'] == '1234' for j in jobs)
