@@ -140,7 +140,7 @@ class Slurm(object):
                     os.killpg(p.pid, signal.SIGTERM)
                 except OSError:
                     pass
-        deadline = time.time() + 10
+        deadline = time.time() + 3          # then SIGKILL: nothing of this cluster outlives the tests
         for p in reversed(self.procs):
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))

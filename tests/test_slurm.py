@@ -63,14 +63,14 @@ def test_scancel_stops_every_process_and_leaves_the_last_checkpoint_intact(slurm
                             )
     job_id = out.stdout.strip().split(';')[0]
     try:
-        assert wait_for(lambda: (latest_checkpoint(str(prefix)) or 0) >= 2, 180, step=0.5), \
+        assert wait_for(lambda: (latest_checkpoint(str(prefix)) or 0) >= 1, 180, step=0.5), \
             open(str(tmp_path / 'job.out')).read()[-4000:]
         assert len([c for c in tagged_pids(tag).values() if TRAIN in c and not c.startswith('srun')]) == 4
         slurm_cluster.run(['scancel', job_id])
         left = wait_for(lambda: not tagged_pids(tag), 30) or tagged_pids(tag)
         assert left is True, 'processes left running: %s' % left
         last = latest_checkpoint(str(prefix))
-        assert last >= 2
+        assert last >= 1
         params = load_params(prefix, last)
         assert params and all(np.isfinite(v).all() for v in params.values())
         assert read_states('%s-%04d.states' % (prefix, last))[1]
