@@ -11,10 +11,15 @@ by :class:`crunet.cluster.Cluster` like the roles of a ps-lite job, so a rank th
 or a signal to the launcher stops the whole job with a line naming the rank (horovodrun prints
 a traceback and does not watch for frozen ranks). The command is passed as it is: no option of
 the training command is taken for one of horovodrun's.
+
+Over ssh (``--launcher ssh -H HOSTFILE``) the launcher is a thin front to ``horovodrun`` itself
+(:func:`horovodrun_jobs`): one process, ``horovodrun -np N -H host:slots,... --gloo sh -c
+'COMMAND'``, the command as one word so that horovodrun does not read its options as its own.
 """
+import shlex
 import threading
 
-__all__ = ['Rendezvous', 'rank_env', 'rank_jobs', 'slot_plan']
+__all__ = ['Rendezvous', 'horovodrun_jobs', 'rank_env', 'rank_jobs', 'slot_plan']
 
 
 class HorovodMissing(Exception):
@@ -64,6 +69,20 @@ def rank_env(slot, addr, port, iface):
         'HOROVOD_CONTROLLER': 'gloo', 'HOROVOD_CPU_OPERATIONS': 'gloo', 'HOROVOD_GLOO_IFACE': iface,
         'PYTHONUNBUFFERED': '1',
     }
+
+
+def horovodrun_jobs(command, num_ranks, hosts, base_env, interface=None, horovodrun='horovodrun'):
+    """[('horovodrun', argv, env)]: ``num_ranks`` ranks over ``hosts`` ([(host, ssh_port or None)], as
+    many slots on each, filled in turn) started by horovodrun over ssh."""
+    names = [h for h, _ in hosts]
+    slots = -(-num_ranks // len(names))
+    argv = [horovodrun, '-np', str(num_ranks), '-H', ','.join('%s:%d' % (h, slots) for h in names), '--gloo']
+    ports = set(p for _, p in hosts if p)
+    if ports:
+        argv += ['-p', str(ports.pop())]
+    if interface:
+        argv += ['--network-interface', interface]
+    return [('horovodrun', argv + ['sh', '-c', 'exec ' + ' '.join(shlex.quote(c) for c in command)], dict(base_env))]
 
 
 def rank_jobs(command, plan, addr, port, iface, base_env, extra_env=None):

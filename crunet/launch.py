@@ -41,9 +41,9 @@ The remote processes get this environment's ``DMLC_*``, ``PS_*``, ``MXNET_*``, `
 NAME[=VALUE]``; ``--dry-run`` prints them.
 
 ``--engine horovod``: ``-n`` ranks of the command (``--kv-store horovod``), started as horovodrun's
-gloo mode starts them (:mod:`crunet.hvdlaunch`) and watched as above. ``--launcher slurm``: inside
-a ``salloc``/``sbatch`` allocation, every process but the scheduler is one ``srun`` step on the
-allocated nodes (:mod:`crunet.slurm`); ``-n`` defaults to ``SLURM_NTASKS``.
+gloo mode starts them (:mod:`crunet.hvdlaunch`) and watched as above (over ssh: by horovodrun).
+``--launcher slurm``: inside a ``salloc``/``sbatch`` allocation, every process but the scheduler
+is one ``srun`` step on the allocated nodes (:mod:`crunet.slurm`); ``-n`` defaults to ``SLURM_NTASKS``.
 """
 import argparse
 import errno
@@ -266,8 +266,7 @@ def build_parser():
     p.add_argument('--env', action='append', default=[], metavar='NAME[=VALUE]',
                    help='forwarded to every process (NAME alone: its value here)')
     p.add_argument('--port', type=int, default=None, help='scheduler port (default: a free one)')
-    p.add_argument('--host-ip', type=str, default=None,
-                   help='ssh, slurm: address of this host as the workers see it')
+    p.add_argument('--host-ip', type=str, default=None, help='ssh, slurm: address of this host as the workers see it')
     p.add_argument('--interface', type=str, default=None,
                    help='ssh, slurm: network interface (ps-lite: DMLC_INTERFACE; horovod: HOROVOD_GLOO_IFACE)')
     p.add_argument('--no-tty', action='store_true', help='ssh: do not allocate a remote tty (-tt)')
@@ -300,9 +299,6 @@ def _checked_flags(args):
     if args.engine == 'horovod' and args.num_servers is not None:
         raise _Refused('-s %d: Horovod has no servers (-s is a ps-lite flag); -n is the number of ranks'
                        % args.num_servers)
-    if args.engine == 'horovod' and args.launcher == 'ssh':
-        raise _Refused('--engine horovod --launcher ssh: use horovodrun -np N -H HOST:SLOTS,... (README "Horovod") '
-                       'or --launcher slurm')
     num_servers = args.num_servers if args.num_servers is not None else args.num_workers
     if num_servers is not None and num_servers < 1:
         raise _Refused('-s must be at least 1')
@@ -329,7 +325,9 @@ def _cluster_jobs(args, command, num_servers, extra):
     """``(jobs, rendezvous or None)``: the (name, argv, env) of every process of ``--engine`` on
     ``--launcher`` and, for Horovod, the rendezvous server the ranks meet at (running)."""
     if args.launcher == 'ssh':
-        return _jobs(args, command, num_servers, extra), None
+        return (hvdlaunch.horovodrun_jobs(command, args.num_workers, _hosts(args), dict(os.environ, **extra),
+                                          args.interface) if args.engine == 'horovod' else
+                _jobs(args, command, num_servers, extra)), None
     alloc = None
     if args.launcher == 'slurm':
         try:
@@ -363,14 +361,18 @@ def _cluster_jobs(args, command, num_servers, extra):
     return (slurm.spread(jobs, alloc.nodes) if alloc else jobs), rendezvous
 
 
-def _jobs(args, command, num_servers, extra):
-    """The (name, argv, env) of every process over ssh (the folder synced first)."""
+def _hosts(args):
     if not args.hostfile:
         raise _Refused('--launcher ssh needs -H HOSTFILE')
     try:
-        hosts = parse_hostfile(args.hostfile)
+        return parse_hostfile(args.hostfile)
     except (OSError, ValueError) as exc:
         raise _Refused('-H %s: %s' % (args.hostfile, exc))
+
+
+def _jobs(args, command, num_servers, extra):
+    """The (name, argv, env) of every process over ssh (the folder synced first)."""
+    hosts = _hosts(args)
     workdir = args.sync_dst_dir or os.getcwd()
     root_uri = args.host_ip or this_host_ip(hosts[0][0].rpartition('@')[2])
     remote = [h for h, _ in hosts if h.rpartition('@')[2] not in ('localhost', '127.0.0.1', '::1')]

@@ -4,6 +4,7 @@
 launcher stops every process; a frozen (SIGSTOP) process stops the job with a line naming it.
 The jobs are small Python programs that sleep; every wait is bounded."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_a_frozen_process_stops_the_job_with_its_name(engine_job, engine):
     (['--launcher', 'slurm', '-n', '2'], 'error: --launcher slurm runs inside a Slurm allocation (SLURM_JOB_NODELIST '
                                          'is unset)'),
     (['--engine', 'horovod'], 'error: -n WORKERS is needed (the number of ranks)'),
-    (['--engine', 'horovod', '-n', '2', '--launcher', 'ssh'], 'error: --engine horovod --launcher ssh: use horovodrun'),
+    (['--engine', 'horovod', '-n', '2', '-s', '1'], 'error: -s 1: Horovod has no servers'),
 ])
 def test_engine_and_launcher_usage_errors_are_one_line(flags, message):
     environ = {k: v for k, v in test_env().items() if not k.startswith('SLURM_')}
@@ -177,3 +178,16 @@ def test_slurm_puts_each_horovod_rank_on_the_node_of_its_slot():
         [('0', '0'), ('1', '0'), ('0', '1'), ('1', '1')]
     assert all('--nodelist=%s' % j[2]['HOROVOD_HOSTNAME'] in j[1] for j in jobs)
     assert all(j[2]['HOROVOD_GLOO_IFACE'] == 'ib0' and j[2]['HOROVOD_GLOO_RENDEZVOUS_PORT'] == '1234' for j in jobs)
+
+
+def test_horovod_over_ssh_is_horovodrun_with_the_command_as_one_word(tmp_path):
+    hosts = tmp_path / 'hosts'
+    hosts.write_text('node1\nnode2\n')
+    res = subprocess.run([sys.executable, LAUNCH, '--engine', 'horovod', '--launcher', 'ssh', '-H', str(hosts), '-n',
+                          '8', '--interface', 'ib0', '--dry-run', 'python', 'train.py', '--network', 'crunet'],
+                         capture_output=True, text=True, timeout=30, env=test_env())
+    assert res.returncode == 0, res.stderr
+    name, rest = res.stdout.split(None, 1)
+    assert name == 'horovodrun'
+    assert shlex.split(rest) == ['horovodrun', '-np', '8', '-H', 'node1:4,node2:4', '--gloo', '--network-interface',
+                                 'ib0', 'sh', '-c', 'exec python train.py --network crunet']
