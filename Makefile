@@ -8,6 +8,9 @@
 #                 where no GPU the build can drive is present
 # make gpu-install-check   install mxnet-cu117 and the nvidia-*-cu11 packages in a scratch venv
 #                          (/tmp/cu117-venv), load the libraries as the commands do and ldd libmxnet.so
+# make install HOROVOD=1   also build Horovod 0.28.1 (gloo, no MPI) against the venv's MXNet (make horovod)
+# make slurm      install Debian's slurm-wlm and munge (root and apt; the Slurm tests start their own
+#                 one-node cluster under a temporary directory)
 # make bench      training/scoring throughput against the peers (installs the bench extra)
 # make imagenet IMAGENET=/data/ILSVRC2012, make places365 PLACES365=/data/places365: pack RecordIO
 PYTHON ?= python3.11
@@ -25,10 +28,16 @@ NVIDIA_CU11 := nvidia-cuda-runtime-cu11 nvidia-cublas-cu11 nvidia-cudnn-cu11 nvi
                nvidia-cufft-cu11 nvidia-curand-cu11 nvidia-cusolver-cu11 nvidia-cusparse-cu11 \
                nvidia-cuda-nvrtc-cu11 nvidia-nvtx-cu11
 GPU_VENV ?= /tmp/cu117-venv
+HOROVOD ?= 0
+HVD_STAMP := $(VENV)/.installed-horovod
+# horovodrun's build switches: MXNet and gloo only (GPUs: README, "Horovod", HOROVOD_GPU_OPERATIONS=NCCL)
+HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+               HOROVOD_WITHOUT_PYTORCH=1
+SLURM_PROGRAMS := munged slurmctld slurmd srun salloc sbatch scancel sinfo scontrol
 # onnxruntime 1.15.0 declares numpy>=1.24.2 yet runs on the numpy 1.23.5 that mxnet needs
 ORT    := onnxruntime coloredlogs humanfriendly flatbuffers sympy mpmath
 
-.PHONY: all install test test-gpu gpu-install-check demo bench graphviz clean imagenet places365
+.PHONY: all install horovod slurm test test-gpu gpu-install-check demo bench graphviz clean imagenet places365
 all: install
 
 $(PY):
@@ -42,7 +51,27 @@ $(STAMP): setup.py constraints.txt | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(if $(filter 1,$(HOROVOD)),$(HVD_STAMP))
+
+# built without build isolation against the installed MXNet (pip keeps the built wheel in its cache)
+$(HVD_STAMP): $(STAMP)
+	@command -v cmake >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 || { \
+	  echo "cmake/g++ missing: installing Debian's cmake and g++"; \
+	  apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null; }
+	$(PIP) install -q -c constraints.txt wheel
+	$(HOROVOD_ENV) $(PIP) install -q --no-build-isolation -c constraints.txt horovod
+	$(PY) -c "import horovod.mxnet"
+	touch $@
+
+horovod: $(HVD_STAMP)
+
+slurm:
+	@missing=""; for p in $(SLURM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Slurm/munge missing ($$missing): installing Debian's slurmctld slurmd slurm-client munge"; \
+	  (apt-get update -qq && apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null) \
+	  || echo "could not install Slurm (needs root and Debian's apt); the Slurm tests will be skipped" >&2; \
+	fi
 
 graphviz:
 	@command -v dot >/dev/null 2>&1 || { \
@@ -50,7 +79,7 @@ graphviz:
 	  (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) \
 	  || echo "could not install graphviz (needs root and Debian's apt); graph drawing tests will be skipped" >&2; }
 
-test: install graphviz
+test: install horovod slurm graphviz
 	$(PY) -m pytest -q tests
 
 # on the CUDA build MXNET names (cu117 when MXNET is cpu); exit status 5 (no test collected) fails

@@ -55,6 +55,9 @@ setup(
         'onnx': ['onnx>=1.10,<1.15', 'protobuf>=3.20,<4'],
         'test': ['pytest', 'tensorboardX>=2.6'],     # tests/test_train_recipe.py reads --tensorboard's events
         'tensorboard': ['tensorboardX>=2.6'],       # --tensorboard DIR (TensorBoard events writer)
+        # --kv-store horovod: built against the installed MXNet, so without build isolation and with
+        # its switches: make install HOROVOD=1 (README, "Horovod")
+        'horovod': ['horovod==0.28.1'],
         # peers for bench/ only
         'bench': ['gluoncv==0.10.5.post0', 'gluoncv2==0.0.64', 'pandas'],
     },

@@ -1,12 +1,21 @@
-"""Starting and watching the processes of a ps-lite job: every process in its own process group,
-all of them stopped (SIGTERM, SIGCONT, then SIGKILL) as soon as one fails or is frozen
-(stopped, state ``T`` in ``/proc/PID/stat``) for ``frozen_timeout`` seconds, or when no process
-used any CPU for ``stall_timeout`` seconds. Used by :mod:`crunet.launch`."""
+"""Starting and watching the processes of a job (ps-lite roles, Horovod ranks, or the ``srun``
+clients that start them): every process in its own process group, all of them stopped (SIGTERM,
+SIGCONT, then SIGKILL) as soon as one fails or is frozen (stopped, state ``T`` in
+``/proc/PID/stat``) for ``frozen_timeout`` seconds, or when no process used any CPU for
+``stall_timeout`` seconds. Used by :mod:`crunet.launch`.
+
+Every process of a job carries ``CRUNET_JOB=<id>`` in its environment (``srun`` hands it on to
+the tasks it starts), so the processes of the job that run on this machine without being its
+children (a Slurm task under ``slurmstepd``) are watched and stopped too."""
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+
+#: the variable naming the job of a process (see the module docstring)
+JOB_VARIABLE = 'CRUNET_JOB'
 
 
 def _log(msg):
@@ -24,6 +33,39 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def process_environ(pid):
+    """The environment of ``pid`` as {bytes: bytes} ({} when it cannot be read)."""
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            return dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
+    except (OSError, ValueError):
+        return {}
+
+
+def process_name(environ, pid):
+    """``worker 1``, ``rank 0``, ... from the variables of a job's process (``pid N`` otherwise)."""
+    get = lambda k: environ.get(k.encode(), b'').decode(errors='replace')   # noqa: E731
+    if get('HOROVOD_RANK'):
+        return 'rank %s' % get('HOROVOD_RANK')
+    role = get('DMLC_ROLE')
+    if role:
+        return ('%s %s' % (role, get('DMLC_WORKER_ID') or get('DMLC_SERVER_ID'))).strip()
+    return 'pid %d' % pid
+
+
+def job_processes(job_id):
+    """{pid: name} of the live processes of this machine whose environment holds ``CRUNET_JOB=job_id``."""
+    out = {}
+    want = job_id.encode()
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        environ = process_environ(int(entry))
+        if environ.get(JOB_VARIABLE.encode()) == want and proc_state(int(entry))[0] not in (None, 'Z'):
+            out[int(entry)] = process_name(environ, int(entry))
+    return out
 
 
 def proc_state(pid):
@@ -51,8 +93,9 @@ class Cluster(object):
     ``frozen_timeout``: seconds a process may stay stopped (state T) before the job is stopped
     (0: never); ``stall_timeout``: seconds without CPU use by any process (0: never)."""
 
-    def __init__(self, jobs, log=None, kill_grace=3.0, frozen_timeout=30.0, stall_timeout=0.0):
-        self.jobs = jobs
+    def __init__(self, jobs, log=None, kill_grace=3.0, frozen_timeout=30.0, stall_timeout=0.0, job_id=None):
+        self.job_id = job_id or uuid.uuid4().hex
+        self.jobs = [(name, argv, dict(env, **{JOB_VARIABLE: self.job_id})) for name, argv, env in jobs]
         self.procs = []
         self.log = log or _log
         self.kill_grace = kill_grace
@@ -76,19 +119,22 @@ class Cluster(object):
         process used CPU for ``stall_timeout``."""
         now = time.time() if now is None else now
         total = 0
-        for name, p in self.procs:
-            if p.poll() is not None:
-                self._stopped_since.pop(p.pid, None)
-                continue
-            state, cpu = proc_state(p.pid)
+        watched = dict((p.pid, name) for name, p in self.procs if p.poll() is None)
+        for pid, name in job_processes(self.job_id).items():
+            watched.setdefault(pid, name)
+        for pid in list(self._stopped_since):
+            if pid not in watched:
+                del self._stopped_since[pid]
+        for pid, name in watched.items():
+            state, cpu = proc_state(pid)
             total += cpu or 0
             if state in ('T', 't'):
-                since = self._stopped_since.setdefault(p.pid, now)
+                since = self._stopped_since.setdefault(pid, now)
                 if self.frozen_timeout and now - since >= self.frozen_timeout:
                     raise JobFrozen('%s (pid %d) has been stopped (frozen, state %s) for %.0f s'
-                                    % (name, p.pid, state, now - since))
+                                    % (name, pid, state, now - since))
             else:
-                self._stopped_since.pop(p.pid, None)
+                self._stopped_since.pop(pid, None)
         if self.stall_timeout:
             if self._cpu is None or total != self._cpu:
                 self._cpu, self._cpu_since = total, now
@@ -97,17 +143,35 @@ class Cluster(object):
                     now - self._cpu_since, ', '.join('%s pid %d' % (n, p.pid) for n, p in self.procs
                                                      if p.poll() is None)))
 
+    def _strays(self):
+        """Processes of the job on this machine that are not one of its process groups (Slurm tasks)."""
+        groups = set(p.pid for _, p in self.procs)
+        out = []
+        for pid in job_processes(self.job_id):
+            try:
+                if os.getpgid(pid) not in groups:
+                    out.append(pid)
+            except OSError:
+                pass
+        return out
+
     def stop(self, sig=signal.SIGTERM):
         """Stop every process group still running: ``sig``, then SIGKILL after the grace period."""
         alive = [(n, p) for n, p in self.procs if p.poll() is None]
+        strays = self._strays()
         for _, p in alive:
             _killpg(p, sig)
             _killpg(p, signal.SIGCONT)       # a stopped process handles SIGTERM only once continued
+        for pid in strays:
+            _kill(pid, sig)
+            _kill(pid, signal.SIGCONT)
         deadline = time.time() + self.kill_grace
-        while time.time() < deadline and any(p.poll() is None for _, p in alive):
+        while time.time() < deadline and (any(p.poll() is None for _, p in alive) or self._strays()):
             time.sleep(0.05)
         for _, p in self.procs:
             _killpg(p, signal.SIGKILL)       # the group may hold children of a finished leader
+        for pid in self._strays():
+            _kill(pid, signal.SIGKILL)
         for _, p in alive:
             try:
                 p.wait(timeout=5)
@@ -115,9 +179,9 @@ class Cluster(object):
                 pass
 
     def wait(self, finish_timeout=30.0, poll=0.1):
-        """Monitor until the workers finish (0) or any process fails (its code, non-zero) or
-        freezes (1)."""
-        workers = [(n, p) for n, p in self.procs if n.startswith('worker')]
+        """Monitor until the workers (or Horovod ranks) finish (0) or any process fails (its code,
+        non-zero) or freezes (1)."""
+        workers = [(n, p) for n, p in self.procs if not n.startswith(('scheduler', 'server'))]
         workers_done_at = None
         next_watch = 0.0
         while True:
@@ -166,4 +230,11 @@ def _killpg(p, sig):
     try:
         os.killpg(p.pid, sig)
     except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except OSError:
         pass

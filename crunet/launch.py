@@ -39,6 +39,11 @@ every host (a shared file system). Data files must be readable at the same path 
 The remote processes get this environment's ``DMLC_*``, ``PS_*``, ``MXNET_*``, ``OMP_*``,
 ``NCCL_*``, ``LD_LIBRARY_PATH`` and ``CUDA_VISIBLE_DEVICES`` variables and those of ``--env
 NAME[=VALUE]``; ``--dry-run`` prints them.
+
+``--engine horovod``: ``-n`` ranks of the command (``--kv-store horovod``), started as horovodrun's
+gloo mode starts them (:mod:`crunet.hvdlaunch`) and watched as above (over ssh: by horovodrun).
+``--launcher slurm``: inside a ``salloc``/``sbatch`` allocation, every process but the scheduler
+is one ``srun`` step on the allocated nodes (:mod:`crunet.slurm`); ``-n`` defaults to ``SLURM_NTASKS``.
 """
 import argparse
 import errno
@@ -50,6 +55,7 @@ import socket
 import subprocess
 import sys
 
+from . import hvdlaunch, slurm
 from .cli import ArgParser
 from .cluster import Cluster, JobStartError, error_line_out
 
@@ -149,15 +155,17 @@ def roles(num_servers, num_workers):
 
 
 # ----------------------------------------------------------------------------- local
-def local_jobs(command, num_servers, num_workers, port=None, extra_env=None):
-    """[(name, argv, env)] of a cluster on this machine (127.0.0.1)."""
-    port = port or free_port()
+def local_jobs(command, num_servers, num_workers, port=None, extra_env=None, root_uri='127.0.0.1',
+               node_host='127.0.0.1'):
+    """[(name, argv, env)] of a cluster on this machine (127.0.0.1); with another ``root_uri`` and
+    no ``node_host``, the same roles for nodes that reach the scheduler at ``root_uri`` (Slurm)."""
+    port = port or free_port('127.0.0.1' if root_uri.startswith('127.') else '0.0.0.0')
     jobs = []
     for role, i in roles(num_servers, num_workers):
         env = dict(os.environ)
         env.update(extra_env or {})
-        env.update(dmlc_env(role, '127.0.0.1', port, num_servers, num_workers,
-                            {'DMLC_NODE_HOST': '127.0.0.1'}))
+        env.update(dmlc_env(role, root_uri, port, num_servers, num_workers,
+                            {'DMLC_NODE_HOST': node_host} if node_host else {}))
         if role == 'worker':
             env['DMLC_WORKER_ID'] = str(i)
         elif role == 'server':
@@ -239,19 +247,28 @@ def sync_dir(hosts, local_dir, dst_dir):
 
 # ----------------------------------------------------------------------------- running
 def build_parser():
-    p = ArgParser(description='Launch a distributed (ps-lite) MXNet job',
-                                usage='%(prog)s -n WORKERS [-s SERVERS] [--launcher local|ssh] [-H HOSTFILE] command ...')
-    p.add_argument('-n', '--num-workers', required=True, type=int, help='number of worker processes')
-    p.add_argument('-s', '--num-servers', type=int, default=None, help='number of servers (default: as many as workers)')
-    p.add_argument('--launcher', choices=['local', 'ssh'], default='local', help='where the processes run')
+    p = ArgParser(description='Launch a distributed MXNet job (ps-lite or Horovod)',
+                  usage='%(prog)s -n WORKERS [-s SERVERS] [--engine ps-lite|horovod] [--launcher local|ssh|slurm] '
+                        '[-H HOSTFILE] command ...')
+    p.add_argument('-n', '--num-workers', type=int, default=None,
+                   help='number of worker processes (Horovod: ranks); --launcher slurm: default SLURM_NTASKS')
+    p.add_argument('-s', '--num-servers', type=int, default=None,
+                   help='ps-lite: number of servers (default: as many as workers)')
+    p.add_argument('--engine', choices=['ps-lite', 'horovod'], default='ps-lite',
+                   help='ps-lite: scheduler, servers and workers (--kv-store dist_sync ...); horovod: N ranks '
+                        'meeting at a gloo rendezvous, as horovodrun starts them (--kv-store horovod)')
+    p.add_argument('--launcher', choices=['local', 'ssh', 'slurm'], default='local',
+                   help='where the processes run: this machine, ssh to -H hosts, or srun on the nodes of '
+                        'the Slurm allocation the launcher runs in')
     p.add_argument('-H', '--hostfile', type=str, help='ssh: file with one host per line')
     p.add_argument('--sync-dst-dir', type=str, help='ssh: rsync the current directory to this path on every host '
                                                     'and run there')
     p.add_argument('--env', action='append', default=[], metavar='NAME[=VALUE]',
                    help='forwarded to every process (NAME alone: its value here)')
     p.add_argument('--port', type=int, default=None, help='scheduler port (default: a free one)')
-    p.add_argument('--host-ip', type=str, default=None, help='ssh: address of this host as the workers see it')
-    p.add_argument('--interface', type=str, default=None, help='ssh: network interface for ps-lite (DMLC_INTERFACE)')
+    p.add_argument('--host-ip', type=str, default=None, help='ssh, slurm: address of this host as the workers see it')
+    p.add_argument('--interface', type=str, default=None,
+                   help='ssh, slurm: network interface (ps-lite: DMLC_INTERFACE; horovod: HOROVOD_GLOO_IFACE)')
     p.add_argument('--no-tty', action='store_true', help='ssh: do not allocate a remote tty (-tt)')
     p.add_argument('--finish-timeout', type=float, default=30.0,
                    help='seconds to wait for scheduler/servers after all workers succeeded')
@@ -275,10 +292,15 @@ def _checked_flags(args):
     command = args.command[1:] if args.command and args.command[0] == '--' else args.command
     if not command:
         raise _Refused('no command to launch')
-    if args.num_workers < 1:
+    if args.num_workers is None and args.launcher != 'slurm':
+        raise _Refused('-n WORKERS is needed (the number of %s)' % ('ranks' if args.engine == 'horovod' else 'workers'))
+    if args.num_workers is not None and args.num_workers < 1:
         raise _Refused('-n must be at least 1')
+    if args.engine == 'horovod' and args.num_servers is not None:
+        raise _Refused('-s %d: Horovod has no servers (-s is a ps-lite flag); -n is the number of ranks'
+                       % args.num_servers)
     num_servers = args.num_servers if args.num_servers is not None else args.num_workers
-    if num_servers < 1:
+    if num_servers is not None and num_servers < 1:
         raise _Refused('-s must be at least 1')
     for flag in ('finish_timeout', 'frozen_timeout', 'stall_timeout'):
         value = getattr(args, flag)
@@ -299,16 +321,58 @@ def _checked_flags(args):
     return command, num_servers
 
 
-def _jobs(args, command, num_servers, extra):
-    """The (name, argv, env) of every process, local or over ssh (the folder synced first)."""
-    if args.launcher == 'local':
-        return local_jobs(command, num_servers, args.num_workers, args.port, extra)
+def _cluster_jobs(args, command, num_servers, extra):
+    """``(jobs, rendezvous or None)``: the (name, argv, env) of every process of ``--engine`` on
+    ``--launcher`` and, for Horovod, the rendezvous server the ranks meet at (running)."""
+    if args.launcher == 'ssh':
+        return (hvdlaunch.horovodrun_jobs(command, args.num_workers, _hosts(args), dict(os.environ, **extra),
+                                          args.interface) if args.engine == 'horovod' else
+                _jobs(args, command, num_servers, extra)), None
+    alloc = None
+    if args.launcher == 'slurm':
+        try:
+            alloc = slurm.allocation()
+        except slurm.SlurmError as exc:
+            raise _Refused(exc)
+    here = alloc is None or alloc.local
+    host = '127.0.0.1' if here else (args.host_ip or this_host_ip(alloc.nodes[-1]))
+    if host.startswith('127.') and not here:
+        raise _Refused('--launcher slurm: this host\'s address for %s is %s (loopback); pass --host-ip ADDRESS'
+                       % (alloc.nodes[-1], host))
+    num = args.num_workers or alloc.ntasks or len(alloc.nodes)
+    rendezvous = None
+    if args.engine == 'horovod':
+        if not here and not args.interface:
+            raise _Refused('--engine horovod on several nodes (%s) needs --interface NAME: the network interface '
+                           'the ranks reach each other on (eth0, ib0, ...)' % ','.join(alloc.nodes))
+        nodes = alloc.nodes if alloc else ['localhost']
+        try:
+            plan = hvdlaunch.slot_plan([(n, -(-num // len(nodes))) for n in nodes], num)
+            rendezvous = None if args.dry_run else hvdlaunch.Rendezvous(plan, host if here else '0.0.0.0')
+        except hvdlaunch.HorovodMissing as exc:
+            raise _Refused('--engine horovod: %s' % exc)
+        jobs = hvdlaunch.rank_jobs(command, plan, host, rendezvous.port if rendezvous else 0,
+                                   args.interface or 'lo', os.environ, extra)
+    else:
+        if args.interface:
+            extra = dict(extra, DMLC_INTERFACE=args.interface)
+        jobs = local_jobs(command, num_servers or num, num, args.port, extra, root_uri=host,
+                          node_host=host if here else None)
+    return (slurm.spread(jobs, alloc.nodes) if alloc else jobs), rendezvous
+
+
+def _hosts(args):
     if not args.hostfile:
         raise _Refused('--launcher ssh needs -H HOSTFILE')
     try:
-        hosts = parse_hostfile(args.hostfile)
+        return parse_hostfile(args.hostfile)
     except (OSError, ValueError) as exc:
         raise _Refused('-H %s: %s' % (args.hostfile, exc))
+
+
+def _jobs(args, command, num_servers, extra):
+    """The (name, argv, env) of every process over ssh (the folder synced first)."""
+    hosts = _hosts(args)
     workdir = args.sync_dst_dir or os.getcwd()
     root_uri = args.host_ip or this_host_ip(hosts[0][0].rpartition('@')[2])
     remote = [h for h, _ in hosts if h.rpartition('@')[2] not in ('localhost', '127.0.0.1', '::1')]
@@ -329,8 +393,8 @@ def _print_jobs(args, jobs, extra):
     shown = set(extra) | set(forwarded_env())
     for name, argv_, env in jobs:
         dm = ' '.join('%s=%s' % (k, shlex.quote(env[k])) for k in sorted(env)
-                      if k.startswith('DMLC_') or k in shown) \
-            if args.launcher == 'local' or name == 'scheduler' else ''
+                      if k.startswith(('DMLC_', 'HOROVOD_')) or k in shown) \
+            if args.launcher != 'ssh' or name == 'scheduler' else ''
         print('%-12s %s%s' % (name, dm + ' ' if dm else '', ' '.join(shlex.quote(a) for a in argv_)))
 
 
@@ -357,7 +421,7 @@ def main(argv=None):
     try:
         command, num_servers = _checked_flags(args)
         extra = parse_env_flags(args.env)
-        jobs = _jobs(args, command, num_servers, extra)
+        jobs, rendezvous = _cluster_jobs(args, command, num_servers, extra)
         if args.dry_run:
             _print_jobs(args, jobs, extra)
             return 0
@@ -370,7 +434,11 @@ def main(argv=None):
     except _Refused as exc:
         error_line_out(exc)
         return 2
-    return cluster.wait(args.finish_timeout)
+    try:
+        return cluster.wait(args.finish_timeout)
+    finally:
+        if rendezvous is not None:
+            rendezvous.stop()
 
 
 def run(argv=None):

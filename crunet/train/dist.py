@@ -19,14 +19,18 @@ import os
 
 import mxnet as mx
 
-__all__ = ['create_kvstore', 'is_sync_cluster', 'WorkerSum', 'sum_float16_in_float32']
+__all__ = ['create_kvstore', 'rank_devices', 'is_cluster', 'is_sync_cluster', 'worker_sums', 'WorkerSum', 'sum_float16_in_float32']
 
 
 def create_kvstore(kv_store, num_devices, dtype='float32'):
     """The kvstore for ``--kv-store`` on ``num_devices`` local devices: None for one device and
     no cluster. For a synchronous cluster the workers update locally (see the module docstring),
     and under ``dtype`` float16 the servers sum the gradients in float32
-    (:func:`sum_float16_in_float32`), before any key exists."""
+    (:func:`sum_float16_in_float32`), before any key exists. ``horovod``: Horovod's allreduce
+    (:class:`crunet.train.horovod.HorovodStore`)."""
+    if kv_store == 'horovod':
+        from .horovod import HorovodStore
+        return HorovodStore()
     if 'dist' in kv_store:
         if kv_store != 'dist_async':
             os.environ['MXNET_UPDATE_ON_KVSTORE'] = '0'
@@ -60,8 +64,30 @@ def sum_float16_in_float32(kv):
     kv._send_command_to_servers(_get_kvstore_server_command_type('kSetMultiPrecision'), '')
 
 
+def rank_devices(contexts, kv):
+    """The devices this process trains on: under Horovod with GPUs the one of its local rank
+    (``--gpus`` lists the GPUs of the machine, rank ``hvd.local_rank()`` takes the one at that
+    position, as GluonCV's Horovod scripts do); otherwise all of ``contexts``."""
+    if kv is None or kv.type != 'horovod' or contexts[0].device_type != 'gpu':
+        return contexts
+    return [contexts[kv.local_rank % len(contexts)]]
+
+
+def is_cluster(kv_store):
+    """Whether ``--kv-store`` trains over several processes (ps-lite or Horovod)."""
+    return 'dist' in kv_store or kv_store == 'horovod'
+
+
 def is_sync_cluster(kv):
-    return kv is not None and 'dist' in kv.type and 'async' not in kv.type
+    return kv is not None and (kv.type == 'horovod' or ('dist' in kv.type and 'async' not in kv.type))
+
+
+def worker_sums(kv):
+    """What sums arrays over the workers of a synchronous cluster (None without one)."""
+    if kv is not None and kv.type == 'horovod':
+        from .horovod import RankSum
+        return RankSum(kv)
+    return WorkerSum(kv) if is_sync_cluster(kv) else None
 
 
 class WorkerSum(object):

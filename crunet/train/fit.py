@@ -1,6 +1,6 @@
 """``fit``: train a Symbol with ``mx.mod.Module`` on one or several devices (GPUs, or CPU contexts
-with ``--cpus N``), on one machine or on a ps-lite cluster (``--kv-store dist_sync``, processes
-started by ``crunet-launch``), as a short driver of named steps:
+with ``--cpus N``), on one machine or on a cluster (ps-lite ``--kv-store dist_sync`` or Horovod
+``--kv-store horovod``, processes started by ``crunet-launch``), as a short driver of named steps:
 
 1. :class:`Run` -- devices, kvstore, rank, logging, seeds, ``PREFIX-args.json``;
 2. :func:`starting_point` -- fresh, ``--resume`` (latest complete, finite checkpoint) or ``--load-epoch``;
@@ -51,14 +51,15 @@ class Run(object):
     def __init__(self, args):
         self.contexts = get_contexts(args.gpus, args.cpus)
         self.kv = dist.create_kvstore(args.kv_store, len(self.contexts), args.dtype)
+        self.contexts = dist.rank_devices(self.contexts, self.kv)
         self.rank = self.kv.rank if self.kv is not None else 0
         self.num_workers = self.kv.num_workers if self.kv is not None else 1
-        self.cluster = 'dist' in args.kv_store
+        self.cluster = dist.is_cluster(args.kv_store)
         self.batch_per_worker = args.batch_size             # per machine, split over the devices (MXNet's meaning)
         self.batch_per_device = args.batch_size // len(self.contexts)
         self.global_batch = self.batch_per_worker * (self.num_workers if self.cluster else 1)
         self.writer = self.rank == 0
-        self.sums = dist.WorkerSum(self.kv) if dist.is_sync_cluster(self.kv) else None
+        self.sums = dist.worker_sums(self.kv)
         log_file = args.log_file if args.log_file is not None else (
             args.model_prefix + '.log' if args.model_prefix else '')
         # one run per prefix: a second one fails here, before touching its log (crunet.files.PrefixLock)
@@ -328,6 +329,9 @@ def end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, elapsed, train
         logging.info('Epoch[%d] Train-%s=%f', epoch, name, value)
     logging.info('Epoch[%d] Time cost=%.3f', epoch, elapsed)
     arg_p, aux_p = agreed_params(mod, run)
+    if run.cluster:    # every worker's own line: equal on all of them in a synchronous cluster
+        logging.info('Epoch[%d] Worker %d/%d parameter checksum %s', epoch, run.rank, run.num_workers,
+                     report.param_checksum(arg_p, aux_p))
     bad = state.finite_params(arg_p, aux_p)
     if bad is not None:
         raise _diverged('%s became NaN/Inf' % bad, epoch, nbatch, args.model_prefix, ctx['last_saved'])

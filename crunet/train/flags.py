@@ -12,12 +12,13 @@ from ..cli import add_model_args
 from ..devices import parse_gpus
 from ..errors import CLIError
 from . import recipe, schedule as schedule_mod
+from .horovod import check_horovod_args
 from .state import list_checkpoints
 
 __all__ = ['KV_STORES', 'DTYPES', 'LR_POLICIES', 'add_fit_args', 'paper_recipe', 'resolve_policy', 'check_args',
            'check_recipe_args']
 
-KV_STORES = ('local', 'device', 'nccl', 'dist_sync', 'dist_device_sync', 'dist_async')
+KV_STORES = ('local', 'device', 'nccl', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod')
 DTYPES = ('float32', 'float16')
 LR_POLICIES = ('auto',) + schedule_mod.POLICIES
 
@@ -238,6 +239,7 @@ def check_args(args):
     if 'dist' in args.kv_store and 'DMLC_ROLE' not in os.environ:
         raise CLIError('--kv-store %s needs the ps-lite cluster environment (DMLC_ROLE, ...): start '
                        'the training through tools/launch.py -n WORKERS -s SERVERS' % args.kv_store)
+    check_horovod_args(args, gpus)
     if (args.load_epoch is not None or args.resume) and not args.model_prefix:
         raise CLIError('--load-epoch/--resume need --model-prefix')
     if args.load_epoch is not None and args.load_epoch < 0:

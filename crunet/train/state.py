@@ -335,7 +335,14 @@ def sync_aux(mod, aux_params):
 
 def pull_initial_params(mod, kv):
     """Start every worker of a synchronous cluster from worker 0's initial values (``kv.init``
-    kept them) when the workers update locally."""
+    kept them) when the workers update locally; under Horovod rank 0's weights and BatchNorm
+    statistics are broadcast to every rank."""
+    if kv is not None and kv.type == 'horovod':
+        group = mod._exec_group
+        for name, arrs in zip(group.param_names + group.aux_names, group.param_arrays + group.aux_arrays):
+            kv.broadcast(name, arrs[0], out=arrs)
+        mod._params_dirty = True
+        return
     if kv is None or 'dist' not in kv.type or mod._update_on_kvstore:
         return
     for name, arrs in zip(mod._exec_group.param_names, mod._exec_group.param_arrays):
