@@ -94,13 +94,15 @@ def measure(args, log=print):
                                                 for n, _ in mods)))
     results = {n: dict(best_ips=args.iters * shape[0] / min(t), median_ips=args.iters * shape[0] / float(np.median(t)))
                for n, t in times.items()}
-    fp32_best = max(v['best_ips'] for n, v in results.items() if n.startswith('fp32'))
+    fast32 = max((n for n in results if n.startswith('fp32')), key=lambda n: results[n]['median_ips'])
+    per_round = [times['fp32'][r] / times['int8'][r] for r in range(args.rounds)]          # same round
+    per_round_fast = [times[fast32][r] / times['int8'][r] for r in range(args.rounds)]
     return dict(machine=isa.describe(), threads=perf.describe(), model=args.model or args.network,
                 num_layers=args.num_layers, batch_size=args.batch_size, image_size=args.image_size,
                 iters=args.iters, rounds=args.rounds, results=results,
                 int8_layers=sum(layers.values()), fp32_layers=sorted(n for n, q in layers.items() if not q),
-                int8_speedup=results['int8']['best_ips'] / results['fp32']['best_ips'],
-                int8_speedup_vs_best_fp32=results['int8']['best_ips'] / fp32_best)
+                round_seconds=times, int8_speedup=float(np.median(per_round)), int8_speedup_rounds=per_round,
+                int8_speedup_vs_best_fp32=float(np.median(per_round_fast)), fastest_fp32=fast32)
 
 
 def parse_args(argv=None):
@@ -115,6 +117,8 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=5, help='batches per round')
     p.add_argument('--rounds', type=int, default=3, help='rounds (graphs timed in turns)')
     p.add_argument('--json', default=None, help='also write the result as JSON')
+    p.add_argument('--record-dir', default=record.RECORD_DIR,
+                   help="where the run's record goes: int8-<UTC time>.json ('' writes none)")
     args = p.parse_args(argv)
     for flag in ('batch_size', 'image_size', 'iters', 'rounds'):
         if getattr(args, flag) < 1:
@@ -129,15 +133,17 @@ def main(argv=None):
     print('machine: %s' % isa.describe(), flush=True)
     print('threads: %s' % ', '.join('%s=%s' % kv for kv in perf.describe().items() if kv[1] != '(unset)'), flush=True)
     res = measure(args, log=lambda msg: print(msg, flush=True))
-    print('%s, batch %d, %dx%d, best of %d rounds of %d batches (median in brackets):'
+    print('%s, batch %d, %dx%d, median of %d rounds of %d batches (best in brackets):'
           % (res['model'] if args.model else '%s-%d' % (args.network, args.num_layers), args.batch_size,
              args.image_size, args.image_size, args.rounds, args.iters))
     for name, r in res['results'].items():
-        print('  %-18s %7.2f img/s  (%.2f)' % (name, r['best_ips'], r['median_ips']))
-    print('int8 / fp32: %.2fx (vs the fastest fp32: %.2fx); fp32 layers in the int8 graph: %s'
-          % (res['int8_speedup'], res['int8_speedup_vs_best_fp32'], ', '.join(res['fp32_layers'])))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(res, indent=1, sort_keys=True) + '\n')
+        print('  %-18s %7.2f img/s  (%.2f)' % (name, r['median_ips'], r['best_ips']))
+    print('int8 / fp32: %.2fx (vs the fastest fp32, %s: %.2fx; medians of the per-round ratios); fp32 layers in '
+          'the int8 graph: %s' % (res['int8_speedup'], res['fastest_fp32'], res['int8_speedup_vs_best_fp32'],
+                                  ', '.join(res['fp32_layers'])))
+    res['machine'] = record.machine()
+    record.stamp(res, ' '.join(['python -m bench.int8_speed'] + list(sys.argv[1:] if argv is None else argv)))
+    record.write(res, 'int8', args.record_dir, also=args.json, log=print)
     return 0
 
 

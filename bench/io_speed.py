@@ -43,10 +43,7 @@ import numpy as np
 
 if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from crunet.files import atomic_write_text  # noqa: E402
-
-#: where each run's record is written (``--record-dir``)
-RECORD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'records')
+from bench import record  # noqa: E402
 
 __all__ = ['synthetic_rec', 'measure_decode', 'measure_iter', 'run', 'main']
 
@@ -264,7 +261,7 @@ def main(argv=None):
     p.add_argument('--breakdown', type=int, default=1, choices=[0, 1],
                    help='also time the iterator without HSL noise and the validation pipeline')
     p.add_argument('--json', default=None, help='also write the result as JSON to this file')
-    p.add_argument('--record-dir', default=RECORD_DIR,
+    p.add_argument('--record-dir', default=record.RECORD_DIR,
                    help="where the run's record goes: io-<UTC time>.json with every round, the machine and the "
                         "versions ('' writes none)")
     a = p.parse_args(argv)
@@ -275,19 +272,10 @@ def main(argv=None):
     except DataError as e:
         sys.stderr.write('io_speed: error: %s\n' % e)
         return 1
-    from bench import speed
-    from crunet import isa
-    machine = isa.detect()
-    r.update(command=' '.join(['python -m bench.io_speed'] + list(sys.argv[1:] if argv is None else argv)),
-             machine=dict(cpu=machine['cpu'], cores=machine['cores'], isa=machine['isa'], name=isa.describe(machine)),
-             versions=speed.package_versions(), commit=speed.git_commit(), ended=time.time())
+    record.stamp(r, ' '.join(['python -m bench.io_speed'] + list(sys.argv[1:] if argv is None else argv)))
     print('machine: %s' % r['machine']['name'])
     print(format_result(r))
-    record = os.path.join(a.record_dir, 'io-%s.json' % time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(r['ended']))) \
-        if a.record_dir else None
-    for path in filter(None, [record, a.json]):
-        atomic_write_text(path, json.dumps(r, indent=1, sort_keys=True) + '\n')
-        sys.stderr.write('wrote %s\n' % path)
+    record.write(r, 'io', a.record_dir, also=a.json, log=lambda m: sys.stderr.write(m + '\n'))
     return 0
 
 

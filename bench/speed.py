@@ -59,7 +59,7 @@ if __package__ in (None, ''):
 from crunet import isa, perf  # noqa: E402  (neither imports mxnet)
 from crunet.devices import parse_gpus  # noqa: E402  (does not import mxnet)
 from crunet.errors import CLIError, die  # noqa: E402
-from crunet.files import atomic_write_text  # noqa: E402
+from bench import record  # noqa: E402
 
 __all__ = ['MODELS', 'PEERS', 'measure', 'run', 'format_table', 'main']
 
@@ -94,8 +94,6 @@ def _spec(key):
 def _label(key):
     return _spec(key).label + (', MXNet stock settings' if key.endswith(STOCK) else '')
 RESULT_TAG = 'BENCH_SPEED_RESULT '
-#: where each run's record is written (``--record-dir``)
-RECORD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'records')
 
 
 # ============================================================================ child: one model
@@ -499,41 +497,9 @@ def run(args, log=print):
                          machine=platform.machine(), cpu=machine['cpu'], cores=machine['cores'],
                          logical_cpus=os.cpu_count(), isa=machine['isa'], isa_text=machine.get('isa_text'),
                          onednn=machine.get('onednn'), load_end=os.getloadavg()),
-        versions=package_versions(), commit=git_commit(), ended=time.time(),
         seconds=time.time() - t0, peers=peers, rows=list(rows.values()), rounds=rounds)
     report['table'] = format_table(rows, peers, report['machine'])
     return report
-
-
-def record_path(directory, report):
-    """``DIR/speed-<UTC time of the run's end>.json`` (None without a directory)."""
-    if not directory:
-        return None
-    return os.path.join(directory, 'speed-%s.json' % time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(report['ended'])))
-
-
-def package_versions():
-    """Versions of the packages the figures depend on (None: not installed)."""
-    from importlib import metadata
-    out = {}
-    for name in ('mxnet', 'numpy', 'gluoncv', 'gluoncv2', 'opencv-python'):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def git_commit():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10)
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() + (' (modified)' if dirty.stdout.strip() else '')) or None
 
 
 def machine_fields(machine, args):
@@ -579,7 +545,7 @@ def parse_args(argv=None):
     p.add_argument('--retry-wait', type=int, default=20, help='seconds to wait before measuring again')
     p.add_argument('--timeout', type=float, default=1800, help='seconds allowed to one model')
     p.add_argument('--json', help='also write the report (all rounds, all iterations) here')
-    p.add_argument('--record-dir', default=RECORD_DIR,
+    p.add_argument('--record-dir', default=record.RECORD_DIR,
                    help='where the record of the run goes: speed-<UTC time>.json, the report with every round '
                         'and iteration, the machine, the versions and the command (default bench/records; '
                         "'' writes none)")
@@ -621,9 +587,8 @@ def main(argv=None):
           'x PEER: images/s ratio to the peer, same round (median over rounds). Peak RSS in MB of the '
           'model\'s process. others\' CPU: the largest share of the machine other processes used '
           'during a measurement (measurements above --max-others are retried and left out when a clean round exists).')
-    for path in filter(None, [record_path(args.record_dir, report), args.json]):
-        atomic_write_text(path, json.dumps(report, indent=1) + '\n')
-        log('wrote %s' % path)
+    record.stamp(report, report['command'])
+    record.write(report, 'speed', args.record_dir, also=args.json, log=log)
     return 0 if all('error' not in row for row in report['rows']) else 1
 
 
