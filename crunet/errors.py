@@ -11,8 +11,9 @@ Exit codes of every command (``crunet-train``, ``crunet-score``, ``crunet-im2rec
 130   interrupted (SIGINT), 143 terminated (SIGTERM)
 ====  =====================================================================================
 """
-import re
 import sys
+
+from symbols.errors import error_line
 
 __all__ = ['CLIError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL', 'EXIT_USER', 'EXIT_DIVERGED',
            'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
@@ -39,22 +40,6 @@ def die(msg, code=EXIT_USER):
     sys.stderr.write('error: %s\n' % msg)
     sys.stderr.flush()
     raise SystemExit(code)
-
-
-_LOC = re.compile(r'^\[[\d:]+\]\s*\S+:\d+:\s*')
-
-
-def error_line(exc, limit=300):
-    """The useful line of an exception message: MXNetError messages carry a C++ stack trace,
-    and the line that says what happened is the ``Check failed`` / ``MXNetError:`` one."""
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    for ln in reversed(lines):
-        if ln.startswith('MXNetError:') or 'Check failed' in ln or 'not registered' in ln:
-            return _LOC.sub('', re.sub(r'^MXNetError:\s*', '', ln))[:limit]
-    return _LOC.sub('', lines[0])[:limit]
 
 
 def cli_main(main, argv=None, user_errors=()):

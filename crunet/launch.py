@@ -50,7 +50,7 @@ import socket
 import subprocess
 import sys
 
-from .cli import ArgParser
+from .args import ArgParser
 from .cluster import Cluster, JobStartError, error_line_out
 
 #: variables of this environment the ssh launcher passes to the remote processes

@@ -29,10 +29,9 @@ import warnings
 
 import mxnet as mx
 
-from crunet.errors import error_line
-from crunet.files import atomic_save
-
 from .blocks import parse_shape
+from .errors import error_line
+from .files import atomic_save
 
 __all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'check_graph', 'upgrade_json', 'load_symbol',
            'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
