@@ -15,7 +15,7 @@ import sys
 
 from symbols.errors import error_line
 
-__all__ = ['CLIError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL', 'EXIT_USER', 'EXIT_DIVERGED',
+__all__ = ['UserError', 'CLIError', 'ConfigError', 'DataError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL', 'EXIT_USER', 'EXIT_DIVERGED',
            'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
 
 EXIT_OK = 0
@@ -26,11 +26,28 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
-class CLIError(Exception):
-    """A user error (bad flag, missing or damaged file): one line ``error: ...``, exit 2."""
+class UserError(Exception):
+    """Bad input the user can fix (a flag, a file, a record, a process): one line ``error: ...``,
+    exit 2. The libraries raise its subclasses (the domain errors below, and the zoo's own
+    ``ValueError`` types, ``symbols.checkpoint.CheckpointError``, ``symbols.ChoiceError``, ...);
+    :func:`cli_main` alone turns them into the line and the exit code."""
 
 
-class TrainingDiverged(CLIError):
+class CLIError(UserError):
+    """A flag, or a combination of flags, of the command line."""
+
+
+class ConfigError(CLIError):
+    """A setting that does not fit what a library finds (the run's files, the folder it names);
+    the message names the flag."""
+
+
+class DataError(UserError):
+    """Unusable input data (a RecordIO file, an image list, an image file); the message is one
+    line naming the file (and record)."""
+
+
+class TrainingDiverged(UserError):
     """The loss, the weights or the BatchNorm statistics became NaN or infinite: exit 3."""
 
 
@@ -43,7 +60,7 @@ def die(msg, code=EXIT_USER):
 
 
 def cli_main(main, argv=None, user_errors=()):
-    """Run ``main(argv)`` under the exit-code convention: :class:`CLIError` and ``user_errors``
+    """Run ``main(argv)`` under the exit-code convention: :class:`UserError` and ``user_errors``
     exit 2 (``TrainingDiverged`` 3), MXNet errors and ``OSError``/``MemoryError`` exit 1, SIGINT
     130; each prints one line ``error: ...`` and no traceback. Returns ``main``'s value (an int
     becomes the exit status when the caller passes it to ``sys.exit``)."""
@@ -53,7 +70,7 @@ def cli_main(main, argv=None, user_errors=()):
         die('interrupted', EXIT_INTERRUPTED)
     except TrainingDiverged as exc:
         die(exc, EXIT_DIVERGED)
-    except (CLIError,) + tuple(user_errors) as exc:
+    except (UserError,) + tuple(user_errors) as exc:
         die(error_line(exc, limit=2000))
     except (OSError, MemoryError) as exc:
         die(exc, EXIT_INTERNAL)

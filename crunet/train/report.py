@@ -13,7 +13,7 @@ import numpy as np
 
 from symbols.checkpoint import params_path
 
-from ..errors import CLIError
+from ..errors import ConfigError
 from ..files import atomic_save, atomic_write_text
 from ..log import format_seconds, setup_logging
 from .state import list_checkpoints, states_path
@@ -220,7 +220,7 @@ class Board(object):
             os.makedirs(logdir, exist_ok=True)
             self.writer = SummaryWriter(logdir)
         except OSError as exc:
-            raise CLIError('--tensorboard %s: cannot write there: %s' % (logdir, exc.strerror or exc))
+            raise ConfigError('--tensorboard %s: cannot write there: %s' % (logdir, exc.strerror or exc))
         self.epoch_batches = None
 
     def _step(self, epoch, nbatch, epoch_batches):
