@@ -12,7 +12,7 @@ serve code that runs before MXNet is loaded.
 import importlib
 import inspect
 
-from ._registry import ChoiceError
+from ._presets import ChoiceError
 
 #: read off a Symbol by :mod:`symbols.stats` (imported on first use, with MXNet)
 _STATS = ('count_aux', 'count_macs', 'count_params', 'model_size_mb')

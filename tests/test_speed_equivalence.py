@@ -223,7 +223,7 @@ def _apart(network, kwargs, grouped_conv):
     """The network of ``get_symbol(network, grouped_conv=..., **kwargs)`` with BatchNorm and ReLU kept
     apart (the same preset tables, ``fuse_bn_relu=False``)."""
     from symbols import crunet, resnet, resnext, sharesnet
-    from symbols._registry import choose
+    from symbols._presets import choose
     kw = dict(kwargs)
     classes = kw.pop('num_classes', 1000)
     kw.pop('image_shape', None)
