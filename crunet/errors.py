@@ -15,8 +15,8 @@ import sys
 
 from symbols.errors import error_line
 
-__all__ = ['UserError', 'CLIError', 'ConfigError', 'DataError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL', 'EXIT_USER', 'EXIT_DIVERGED',
-           'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
+__all__ = ['UserError', 'CLIError', 'ConfigError', 'DataError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL',
+           'EXIT_USER', 'EXIT_DIVERGED', 'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1

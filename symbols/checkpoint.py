@@ -36,7 +36,8 @@ from .files import atomic_save
 __all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'check_graph', 'upgrade_json', 'load_symbol',
            'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
            'expected_shapes', 'num_classes_of', 'data_shape_of', 'head_op', 'logits_symbol', 'inference_symbol',
-           'mean_max_symbol', 'deploy_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset', 'class_names']
+           'mean_max_symbol', 'deploy_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset',
+           'class_names']
 
 
 class CheckpointError(ValueError):

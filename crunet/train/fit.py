@@ -36,7 +36,7 @@ from symbols.checkpoint import CheckpointError, check_params, expected_shapes, l
 
 from ..data import recordio
 from ..devices import get_contexts
-from ..errors import CLIError, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..files import PrefixLock, atomic_write_text
 from . import dist, recipe, report, schedule as schedule_mod, state
 from .flags import paper_recipe, resolve_policy
@@ -161,7 +161,7 @@ def bind_module(sym, contexts, provide):
 def _fitting(sym, arg_params, aux_params, data_shape, what, finetune):
     """The checkpoint's params that fit ``sym``; with ``finetune`` a classifier (``fc6``) of
     another shape is left out (to be initialised afresh), and so are names ``sym`` does not use.
-    Returns ``(arg, aux, replaced)``; a mismatch raises :class:`CLIError` naming ``what``."""
+    Returns ``(arg, aux, replaced)``; a mismatch raises :class:`crunet.errors.ConfigError` naming ``what``."""
     replaced = []
     if finetune:
         args, aux = expected_shapes(sym, data_shape)
@@ -176,7 +176,7 @@ def _fitting(sym, arg_params, aux_params, data_shape, what, finetune):
     try:
         check_params(sym, filled, aux_params, data_shape)
     except CheckpointError as exc:
-        raise CLIError('%s does not match the network: %s' % (what, exc))
+        raise ConfigError('%s does not match the network: %s' % (what, exc))
     return arg_params, aux_params, replaced
 
 
@@ -189,12 +189,12 @@ def initial_params(mod, args, load_epoch):
         try:
             arg_params, aux_params = load_params(what)
         except CheckpointError as exc:
-            raise CLIError('cannot read %s' % exc)
+            raise ConfigError('cannot read %s' % exc)
         try:
             arg_params, aux_params, _ = _fitting(mod.symbol, arg_params, aux_params, data_shape,
                                                  '--load-epoch %d: %s' % (load_epoch, what), finetune=False)
-        except CLIError as exc:
-            raise CLIError('%s (same --network, --num-layers, --setting and --num-classes as the run that '
+        except ConfigError as exc:
+            raise ConfigError('%s (same --network, --num-layers, --setting and --num-classes as the run that '
                            'wrote it? to fine-tune with other classes use --finetune-from)' % exc)
         logging.info('Resuming from %s at epoch %d', what, load_epoch)
         return arg_params, aux_params, False
@@ -202,11 +202,11 @@ def initial_params(mod, args, load_epoch):
         import symbols
         what = '--finetune-from %s --finetune-epoch %d' % (args.finetune_from, args.finetune_epoch)
         if not os.path.exists(params_path(args.finetune_from, args.finetune_epoch)):
-            raise CLIError('%s: %s not found' % (what, params_path(args.finetune_from, args.finetune_epoch)))
+            raise ConfigError('%s: %s not found' % (what, params_path(args.finetune_from, args.finetune_epoch)))
         try:
             _, arg_params, aux_params = symbols.load_checkpoint(args.finetune_from, args.finetune_epoch, check=False)
         except CheckpointError as exc:
-            raise CLIError('%s: cannot load: %s' % (what, exc))
+            raise ConfigError('%s: cannot load: %s' % (what, exc))
         arg_params, aux_params, replaced = _fitting(mod.symbol, arg_params, aux_params, data_shape, what,
                                                     finetune=True)
         logging.info('Fine-tuning from %s%s', what,
