@@ -1,4 +1,4 @@
-"""Command line of the model zoo (``python -m symbols``).
+"""Command line of the model zoo.
 
     python -m symbols summary [--json FILE]       table of every model: params, multiply-adds, MB
     python -m symbols export --network crunet --num-layers 56 --prefix out/crunet56 [--draw pdf]
