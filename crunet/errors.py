@@ -42,9 +42,10 @@ class ConfigError(CLIError):
     the message names the flag."""
 
 
-class DataError(UserError):
+class DataError(CLIError):
     """Unusable input data (a RecordIO file, an image list, an image file); the message is one
-    line naming the file (and record)."""
+    line naming the file (and record). A :class:`CLIError` as well: the data comes in through a
+    flag (``--data-train``, ``--data-val``, ``--image``, ...), and code catching CLIError sees it."""
 
 
 class TrainingDiverged(UserError):
