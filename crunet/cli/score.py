@@ -26,6 +26,8 @@ import logging
 import os
 import sys
 
+from symbols import ChoiceError
+
 from .. import perf
 from ..args import ArgParser, add_model_args, network_kwargs
 from ..errors import CLIError, cli_main
@@ -182,7 +184,6 @@ def run(argv=None):
     """``main`` under the project's exit-code convention (:mod:`crunet.errors`), with the speed
     settings of :func:`crunet.perf.configure` applied before MXNet is imported."""
     perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
-    from symbols import ChoiceError
     from symbols.checkpoint import CheckpointError
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     cli_main(main, argv, user_errors=(CheckpointError, ChoiceError, ValueError))

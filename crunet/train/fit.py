@@ -409,7 +409,7 @@ def fit(args, network, data_loader, save_network):
     restore_states(mod, args, sched, begin_epoch, load_epoch, arg_params, history)
     # what the epochs share: the schedule, the metrics history, the newest checkpoint, validation
     loop = dict(sched=sched, history=history, last_saved=load_epoch, saved_sym=save_network, val=data.val,
-               val_metric=report.make_metrics(args.num_classes, args.top_k))
+                val_metric=report.make_metrics(args.num_classes, args.top_k))
     train_metric = report.make_metrics(args.num_classes, args.top_k)
     loop['watch'] = report.Watch(args, run.writer, begin_epoch, feed.describe())
     progress = report.Progress(args.num_epochs, begin_epoch, args.disp_batches, run.num_workers, time.time,
