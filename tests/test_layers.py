@@ -121,6 +121,39 @@ def upward_imports():
     return problems
 
 
+def import_cycles():
+    """Cycles of module-level imports (those that run at import time) among the modules."""
+    names = dict(modules())
+    graph = {}
+    for name, path in names.items():
+        with open(path) as f:
+            body = ast.parse(f.read(), path).body
+        top_lines = {n.lineno for n in body if isinstance(n, (ast.Import, ast.ImportFrom))}
+        graph[name] = set()
+        for line, target in imports(name, path):
+            while line in top_lines and target and target not in names:
+                target = target.rpartition('.')[0]
+            if line in top_lines and target and target != name:
+                graph[name].add(target)
+    cycles, state, stack = [], {}, []
+
+    def visit(name):
+        state[name] = 'open'
+        stack.append(name)
+        for other in sorted(graph[name]):
+            if state.get(other) == 'open':
+                cycles.append(' -> '.join(stack[stack.index(other):] + [other]))
+            elif other not in state:
+                visit(other)
+        stack.pop()
+        state[name] = 'done'
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    return cycles
+
+
 def test_every_module_is_in_a_layer_or_an_entry_point():
     unplaced = [name for name, _ in modules() if layer_of(name) is None and not is_entry_point(name)]
     assert unplaced == []
@@ -129,6 +162,10 @@ def test_every_module_is_in_a_layer_or_an_entry_point():
 def test_no_import_goes_up_a_layer():
     problems = upward_imports()
     assert not problems, '\n'.join(problems)
+
+
+def test_module_level_imports_form_no_cycle():
+    assert import_cycles() == []
 
 
 def test_the_check_names_an_upward_import(tmp_path, monkeypatch):
