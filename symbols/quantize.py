@@ -14,7 +14,8 @@ tensor-wise scales), calibrated on ``--num-calib-batches`` batches of ``--batch-
 ``mx.sym.load`` / ``mx.nd.load`` and runs on the CPU. The calibration images go through the
 project's validation iterator with the checkpoint's own preprocessing (``PREFIX-args.json`` when
 there is one, else the released models', resolved as ``crunet-score`` does), and that
-preprocessing is written to ``QPREFIX-args.json``, so ``crunet-score`` needs no extra flags.
+preprocessing is written to ``QPREFIX-args.json``, so ``crunet-score`` needs no extra flags
+(the files and the data: :mod:`crunet.quantize`; this module: the int8 graph).
 
 Which layers stay fp32, and why (:func:`broken_layers`): **grouped convolutions with
 1 < num_group < input channels** -- the 3x3 ``c3x3-b`` of every ResNeXt-style unit of CRU-Net
