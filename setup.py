@@ -28,7 +28,7 @@ setup(
         'crunet-train = crunet.cli.train:run',
         'crunet-score = crunet.cli.score:run',
         'crunet-im2rec = crunet.data.im2rec:run',
-        'crunet-export = symbols.export:run',
+        'crunet-export = crunet.cli.export:run',
         'crunet-launch = crunet.launch:run',
     ]},
     install_requires=[

@@ -27,7 +27,7 @@ perf.configure()  # OpenMP threads = physical cores, before MXNet reads them
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crunet.cli import ArgParser  # noqa: E402
+from crunet.args import ArgParser  # noqa: E402
 from crunet.errors import CLIError, cli_main  # noqa: E402
 from crunet.files import atomic_write_text  # noqa: E402
 from symbols import get_symbol  # noqa: E402

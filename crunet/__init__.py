@@ -5,19 +5,26 @@ The model zoo is the top-level package :mod:`symbols`; everything else lives her
 ==========================  ====================================================================
 module                      what it holds
 ==========================  ====================================================================
-``crunet.errors``           the exit-code convention, one-line ``error:`` reporting, MXNet error lines
-``crunet.files``            atomic writes, the model-prefix lock
-``crunet.devices``          ``--gpus``/``--cpus`` parsing and MXNet contexts
+``crunet.errors``           the exit-code convention, the domain errors, one-line ``error:`` reporting
+``crunet.files``            atomic writes (:mod:`symbols.files`), the model-prefix lock, output folders
+``crunet.args``             the argument parser every command uses, the model flags
 ``crunet.log``              logging format, durations
 ``crunet.perf``             thread settings applied before MXNet is imported
+``crunet.devices``          ``--gpus``/``--cpus`` parsing and MXNet contexts
 ``crunet.isa``              the CPU's vector ISA and the training graph it wants
 ``crunet.gpu``              CUDA libraries and the GPU architectures the MXNet build can drive
 ``crunet.data``             RecordIO format and checks, iterators, packing CLI, the demo set
 ``crunet.train``            flags, training state (checkpoints), kvstore, reporting, ``fit``
-``crunet.evaluate``         scoring: inference graph, crops, top-k
-``crunet.cli``              the command lines (``crunet-train``, ``crunet-score``)
+``crunet.evaluate``         scoring: crops, top-k, the scoring flags resolved from the training run
+``crunet.classify``         classifying image files
+``crunet.quantize``         int8 checkpoints calibrated on RecordIO images
 ``crunet.launch``           the ps-lite cluster launcher (``crunet-launch``)
+``crunet.cli``              the commands (``crunet-train``, ``crunet-score``, ``crunet-export``,
+                            ``python -m symbols``)
 ==========================  ====================================================================
+
+The layers (README, "Layout"; ``tests/test_layers.py`` keeps them): each module imports only its
+own layer and those below it.
 
 Nothing here imports MXNet at package import time, so :func:`crunet.perf.configure` can run first.
 """

@@ -1,6 +1,7 @@
 """Classify image files with a checkpoint: the top-5 classes of each, with their names.
 
     crunet-score --model PREFIX --epoch N --image photo.jpg [more.jpg ...] [--synset synset.txt]
+                                          (the command: crunet.cli.score)
 
 Each image gets the preprocessing of scoring: decoded with OpenCV (RGB), its shorter side
 resized to ``--resize-val`` with the checkpoint's interpolation (``--inter-method``), the centre
@@ -12,67 +13,40 @@ one line ``error: --image FILE: ...`` (exit status 2), before any model work.
 
 In Python: :func:`load_image`, :func:`preprocess_image`, :func:`classify_images`.
 """
-import contextlib
-import json
-import os
-import sys
-import tempfile
-
 import cv2
 import numpy as np
 
 from symbols import preprocess as pp
-from symbols.checkpoint import deploy_symbol, load_checkpoint, load_synset, num_classes_of, synset_path
+from symbols.checkpoint import class_names
 
 from . import evaluate as ev
-from .errors import CLIError
+from .data.recordio import captured_stderr
+from .errors import DataError
 
-__all__ = ['load_image', 'preprocess_image', 'classify_images', 'class_names', 'format_predictions', 'main']
-
-@contextlib.contextmanager
-def _captured_stderr():
-    """Collect what C libraries (libjpeg, libpng) write on file descriptor 2 meanwhile: the
-    ``messages`` list of the yielded dict holds its lines afterwards."""
-    found = {'messages': []}
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield found
-        return
-    with tempfile.TemporaryFile(mode='w+b') as tmp:
-        sys.stderr.flush()
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield found
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            found['messages'] = [ln.strip() for ln in tmp.read().decode('utf-8', 'replace').splitlines()
-                                 if ln.strip()]
-
+__all__ = ['load_image', 'preprocess_image', 'classify_images', 'class_names', 'format_predictions']
 
 def load_image(path):
-    """``(H, W, 3)`` uint8 RGB array of an image file; :class:`CLIError` naming ``path`` when it
+    """``(H, W, 3)`` uint8 RGB array of an image file; :class:`crunet.errors.DataError` naming ``path`` when it
     cannot be read or is not an image OpenCV decodes (a damaged one included)."""
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as err:
-        raise CLIError('--image %s: cannot read it (%s)' % (path, err.strerror or err))
+        raise DataError('--image %s: cannot read it (%s)' % (path, err.strerror or err))
     if not data:
-        raise CLIError('--image %s: the file is empty' % path)
-    with _captured_stderr() as err:
+        raise DataError('--image %s: the file is empty' % path)
+    with captured_stderr() as lines:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    damaged = [m for m in err['messages'] if 'warning' not in m.lower() or 'corrupt' in m.lower()
+    messages = [ln.strip() for ln in lines if ln.strip()]
+    damaged = [m for m in messages if 'warning' not in m.lower() or 'corrupt' in m.lower()
                or 'premature' in m.lower()]
     if img is None or img.ndim != 3 or min(img.shape[:2]) < 1:
-        why = ': %s' % err['messages'][0] if err['messages'] else ''
-        raise CLIError('--image %s: not an image file OpenCV can decode%s' % (path, why))
+        why = ': %s' % messages[0] if messages else ''
+        raise DataError('--image %s: not an image file OpenCV can decode%s' % (path, why))
     if not damaged and data[:2] == b'\xff\xd8' and data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda'):
         damaged = ['Premature end of JPEG file: no end-of-image marker after the last scan']
     if damaged:
-        raise CLIError('--image %s: the image is damaged (%s)' % (path, damaged[0]))
+        raise DataError('--image %s: the image is damaged (%s)' % (path, damaged[0]))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -105,15 +79,6 @@ def preprocess_image(img, pre):
     return ev.normalise(crop[None], pre.mean, pre.std, pre.scale)[0]
 
 
-def class_names(prefix, num_classes, synset=None):
-    """The class names of checkpoint ``prefix``: ``synset`` (a file), else ``synset.txt`` beside
-    the checkpoint, else ``None``; a file whose count differs from ``num_classes`` is an error."""
-    if synset is not None:
-        return load_synset(synset, num_classes)
-    beside = synset_path(prefix)
-    return load_synset(beside, num_classes) if os.path.isfile(beside) else None
-
-
 def classify_images(sym, arg_params, aux_params, paths, pre, names=None, top_k=5, batch_size=32, contexts=None,
                     inputs=None):
     """``[{'image', 'top': [(class, probability, name)]}]`` for the image files ``paths``
@@ -141,38 +106,3 @@ def format_predictions(results):
         for rank, (cls, prob, name) in enumerate(res['top'], 1):
             lines.append('  %d  %6.2f%%  class %-5d %s' % (rank, 100 * prob, cls, name or ''))
     return [ln.rstrip() for ln in lines]
-
-
-def main(args):
-    """``crunet-score --image FILE ...``: ``args`` parsed by :func:`crunet.cli.score.build_parser`."""
-    from .cli import score as sc
-    from .devices import get_contexts
-    if args.crops != 1:
-        raise CLIError('--crops 10 scores a --data-val file; --image classifies the centre crop')
-    if args.batch_size < 1:
-        raise CLIError('--batch-size must be at least 1')
-    if args.synset is not None and not os.path.isfile(args.synset):
-        raise CLIError('--synset %s: no such file' % args.synset)
-    for path in args.image:
-        if not os.path.isfile(path):
-            raise CLIError('--image %s: no such file' % path)
-    sc.resolve(args)
-    pre = pp.from_training_args(vars(args))
-    kw = {}
-    if args.network is not None:
-        kw = {k: getattr(args, k) for k in ('num_layers', 'setting', 'num_classes') if getattr(args, k) is not None}
-        kw['network'] = args.network
-    elif any(getattr(args, f) is not None for f in ('num_layers', 'setting', 'num_classes')):
-        raise CLIError('--num-layers/--setting/--num-classes need --network')
-    images = list(args.image)
-    inputs = [preprocess_image(load_image(p), pre) for p in images]     # bad files before the model loads
-    sym, arg_params, aux_params = load_checkpoint(args.model, args.epoch, image_shape=args.train_shape, **kw)
-    names = class_names(args.model, num_classes_of(arg_params), args.synset)
-    deploy = deploy_symbol(sym, pooling=sc.choose_pooling(args.pooling, args.image_shape, args.train_shape))
-    results = classify_images(deploy, arg_params, aux_params, images, pre, names, batch_size=args.batch_size,
-                              contexts=get_contexts(args.gpus), inputs=inputs)
-    print('\n'.join(format_predictions(results)))
-    if args.json:
-        from .files import atomic_write_text
-        atomic_write_text(args.json, json.dumps(results, indent=1) + '\n')
-    return results

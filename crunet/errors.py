@@ -11,11 +11,12 @@ Exit codes of every command (``crunet-train``, ``crunet-score``, ``crunet-im2rec
 130   interrupted (SIGINT), 143 terminated (SIGTERM)
 ====  =====================================================================================
 """
-import re
 import sys
 
-__all__ = ['CLIError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL', 'EXIT_USER', 'EXIT_DIVERGED',
-           'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
+from symbols.errors import error_line
+
+__all__ = ['UserError', 'CLIError', 'ConfigError', 'DataError', 'TrainingDiverged', 'EXIT_OK', 'EXIT_INTERNAL',
+           'EXIT_USER', 'EXIT_DIVERGED', 'EXIT_INTERRUPTED', 'EXIT_TERMINATED', 'die', 'error_line', 'cli_main']
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -25,11 +26,29 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
-class CLIError(Exception):
-    """A user error (bad flag, missing or damaged file): one line ``error: ...``, exit 2."""
+class UserError(Exception):
+    """Bad input the user can fix (a flag, a file, a record, a process): one line ``error: ...``,
+    exit 2. The libraries raise its subclasses (the domain errors below, and the zoo's own
+    ``ValueError`` types, ``symbols.checkpoint.CheckpointError``, ``symbols.ChoiceError``, ...);
+    :func:`cli_main` alone turns them into the line and the exit code."""
 
 
-class TrainingDiverged(CLIError):
+class CLIError(UserError):
+    """A flag, or a combination of flags, of the command line."""
+
+
+class ConfigError(CLIError):
+    """A setting that does not fit what a library finds (the run's files, the folder it names);
+    the message names the flag."""
+
+
+class DataError(CLIError):
+    """Unusable input data (a RecordIO file, an image list, an image file); the message is one
+    line naming the file (and record). A :class:`CLIError` as well: the data comes in through a
+    flag (``--data-train``, ``--data-val``, ``--image``, ...), and code catching CLIError sees it."""
+
+
+class TrainingDiverged(UserError):
     """The loss, the weights or the BatchNorm statistics became NaN or infinite: exit 3."""
 
 
@@ -41,24 +60,8 @@ def die(msg, code=EXIT_USER):
     raise SystemExit(code)
 
 
-_LOC = re.compile(r'^\[[\d:]+\]\s*\S+:\d+:\s*')
-
-
-def error_line(exc, limit=300):
-    """The useful line of an exception message: MXNetError messages carry a C++ stack trace,
-    and the line that says what happened is the ``Check failed`` / ``MXNetError:`` one."""
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    for ln in reversed(lines):
-        if ln.startswith('MXNetError:') or 'Check failed' in ln or 'not registered' in ln:
-            return _LOC.sub('', re.sub(r'^MXNetError:\s*', '', ln))[:limit]
-    return _LOC.sub('', lines[0])[:limit]
-
-
 def cli_main(main, argv=None, user_errors=()):
-    """Run ``main(argv)`` under the exit-code convention: :class:`CLIError` and ``user_errors``
+    """Run ``main(argv)`` under the exit-code convention: :class:`UserError` and ``user_errors``
     exit 2 (``TrainingDiverged`` 3), MXNet errors and ``OSError``/``MemoryError`` exit 1, SIGINT
     130; each prints one line ``error: ...`` and no traceback. Returns ``main``'s value (an int
     becomes the exit status when the caller passes it to ``sys.exit``)."""
@@ -68,7 +71,7 @@ def cli_main(main, argv=None, user_errors=()):
         die('interrupted', EXIT_INTERRUPTED)
     except TrainingDiverged as exc:
         die(exc, EXIT_DIVERGED)
-    except (CLIError,) + tuple(user_errors) as exc:
+    except (UserError,) + tuple(user_errors) as exc:
         die(error_line(exc, limit=2000))
     except (OSError, MemoryError) as exc:
         die(exc, EXIT_INTERNAL)

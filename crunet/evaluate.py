@@ -7,9 +7,13 @@
 * :func:`centre_crop_batches` (``common.data.get_val_iter``: shorter side to ``resize``, centre
   crop, bicubic) and :func:`ten_crop_batches` (4 corners + centre of the resized image, each
   also mirrored: 10 inputs per image, softmax averaged);
+* :func:`resolve` fills the scoring flags not given from the training run's ``PREFIX-args.json``,
+  :func:`data_flags` turns them into the data iterators' flags, :func:`choose_pooling` resolves
+  ``--pooling auto``;
 * :func:`iter_predictions` yields ``(probabilities, labels)`` per batch; :class:`TopK` counts
   top-1 / top-5 errors; :func:`evaluate` runs the whole evaluation and returns a result dict.
 """
+import argparse
 import logging
 import sys
 import time
@@ -18,44 +22,63 @@ import mxnet as mx
 import numpy as np
 
 from symbols.blocks import parse_shape
-from symbols.checkpoint import check_params
+from symbols.predict import Predictor
+from symbols.preprocess import training_args
 
 from .data import recordio
-from .errors import CLIError, error_line
+from .data.flags import add_data_args, add_data_aug_args, data_args
+from .errors import DataError, error_line
 
-__all__ = ['Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches',
-           'iter_predictions', 'TopK', 'evaluate', 'normalise', 'stderr_log', 'POOLINGS']
+__all__ = ['Predictor', 'ten_crops', 'ten_crop_batches', 'centre_crop_batches', 'iter_predictions', 'TopK',
+           'evaluate', 'normalise', 'stderr_log', 'POOLING_FLAG_CHOICES', 'DATA_FLAGS', 'FROM_TRAINING',
+           'data_defaults', 'resolve', 'data_flags', 'choose_pooling']
 
-POOLINGS = ('auto', 'avg', 'mean-max')
+#: ``--pooling``: ``auto`` (:func:`choose_pooling`) or one of the graph's (``symbols.blocks.POOLINGS``)
+POOLING_FLAG_CHOICES = ('auto', 'avg', 'mean-max')
+#: data flags of crunet.data.flags that scoring takes (defaults: those of crunet.data.flags)
+DATA_FLAGS = ('data_val', 'data_nthreads', 'image_shape', 'rgb_mean', 'rgb_std', 'scale', 'data_check',
+              'resize_val', 'inter_method')
+#: flags whose default comes from PREFIX-args.json when the checkpoint has one
+FROM_TRAINING = ('image_shape', 'rgb_mean', 'rgb_std', 'scale', 'resize_val', 'inter_method')
 
 
-class Predictor(object):
-    """``sym`` (an inference graph with input ``data``) bound for ``batch_shape`` on ``contexts``
-    (the batch is split over them as Module does); ``predict(array)`` returns NumPy outputs."""
+def data_defaults():
+    """``{dest: argparse action}`` of the :data:`DATA_FLAGS` as crunet.data.flags declares them."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_data_args(p)
+    add_data_aug_args(p)
+    return {a.dest: a for a in p._actions if a.dest in DATA_FLAGS}
 
-    def __init__(self, sym, arg_params, aux_params, batch_shape, contexts=None, check=True):
-        contexts = contexts or [mx.cpu()]
-        if check:
-            check_params(sym, arg_params, aux_params, batch_shape)
-        if batch_shape[0] < len(contexts):
-            raise ValueError('batch of %d cannot be split over %d devices' % (batch_shape[0], len(contexts)))
-        self.batch_shape = tuple(batch_shape)
-        self.mod = mx.mod.Module(sym, data_names=['data'], label_names=None, context=contexts)
-        self.mod.bind(data_shapes=[('data', self.batch_shape)], for_training=False)
-        self.mod.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
 
-    def predict(self, data):
-        """Outputs for ``data`` (NumPy or NDArray, at most the bound batch; padded inside)."""
-        n = data.shape[0]
-        if n > self.batch_shape[0]:
-            raise ValueError('batch of %d larger than the bound %d' % (n, self.batch_shape[0]))
-        if isinstance(data, np.ndarray):
-            data = mx.nd.array(data, dtype='float32')
-        if n < self.batch_shape[0]:
-            pad = mx.nd.zeros((self.batch_shape[0] - n,) + self.batch_shape[1:], dtype=data.dtype)
-            data = mx.nd.concat(data, pad, dim=0)
-        self.mod.forward(mx.io.DataBatch([data]), is_train=False)
-        return self.mod.get_outputs()[0].asnumpy()[:n]
+def resolve(args):
+    """Fill unset data flags of the scoring flags ``args`` (``model``, ``train_shape`` and the
+    :data:`DATA_FLAGS`) from PREFIX-args.json (symbols.preprocess.training_args), then the data
+    flags' defaults."""
+    trained = training_args(args.model)
+    defaults = data_defaults()
+    for dest in DATA_FLAGS:
+        if getattr(args, dest) is None:
+            value = trained.get(dest) if dest in FROM_TRAINING else None
+            setattr(args, dest, value if value is not None else defaults[dest].default)
+    if args.train_shape is None:
+        args.train_shape = trained.get('image_shape') or '3,224,224'
+    return args
+
+
+def data_flags(args):
+    """The namespace the data iterators read (:func:`crunet.data.flags.data_args`), from the
+    resolved scoring flags."""
+    return data_args(batch_size=args.batch_size, **{dest: getattr(args, dest) for dest in DATA_FLAGS})
+
+
+def choose_pooling(pooling, image_shape, train_shape):
+    """``'avg'`` or ``'mean-max'`` (``auto``: mean-max when the input exceeds the training crop)."""
+    if pooling != 'auto':
+        return pooling
+    _, h, w = parse_shape(image_shape)
+    _, th, tw = parse_shape(train_shape)
+    return 'mean-max' if (h > th or w > tw) else 'avg'
+
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -81,14 +104,14 @@ def ten_crops(img, crop_h, crop_w):
 
 def _decode(payload, resize, inter_method, channels=3, where='record'):
     """``(image (H, W, C) uint8 RGB, label)`` of one record, decoded and resized by MXNet's own
-    decoder; a record that does not decode raises :class:`crunet.errors.CLIError` naming ``where``
+    decoder; a record that does not decode raises :class:`crunet.errors.DataError` naming ``where``
     (the resize never sees an empty image: MXNet's would divide by its size)."""
     header, img_bytes = mx.recordio.unpack(payload)
     try:
         img = mx.image.imdecode(img_bytes, flag=1 if channels == 3 else 0, to_rgb=1)
         img.wait_to_read()
     except mx.base.MXNetError as exc:
-        raise CLIError('%s: the image (%d bytes) does not decode (%s)'
+        raise DataError('%s: the image (%d bytes) does not decode (%s)'
                        % (where, len(img_bytes), error_line(exc))) from None
     if resize:
         img = mx.image.resize_short(img, resize, interp=inter_method)
@@ -103,7 +126,7 @@ def ten_crop_batches(rec_path, image_shape, batch_size, resize=256, mean=(124, 1
     index order from ``rec_path`` and its ``.idx`` (the order of the centre-crop path), decoded
     and resized like ImageRecordIter (shorter side to ``resize`` with ``inter_method``; ``C`` 1:
     grayscale, normalised with the first mean/std). A record that does not decode raises
-    :class:`crunet.errors.CLIError` naming the file and record."""
+    :class:`crunet.errors.DataError` naming the file and record."""
     c, h, w = parse_shape(image_shape)
     if resize and resize < max(h, w):
         raise ValueError('--resize-val %d is smaller than the crop %dx%d' % (resize, h, w))

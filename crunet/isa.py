@@ -363,7 +363,7 @@ def autotune(environ=None, cache=None, refresh=False, timeout=300):
 
 
 def main(argv=None):
-    from .cli import ArgParser
+    from .args import ArgParser
     p = ArgParser(prog='python -m crunet.isa', description=__doc__.split('\n\n')[0])
     p.add_argument('--refresh', action='store_true', help='ask oneDNN again instead of using the cache')
     p.add_argument('--autotune', action='store_true',

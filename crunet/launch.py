@@ -56,7 +56,7 @@ import subprocess
 import sys
 
 from . import hvdlaunch, slurm
-from .cli import ArgParser
+from .args import ArgParser
 from .cluster import Cluster, JobStartError, error_line_out
 
 #: variables of this environment the ssh launcher passes to the remote processes

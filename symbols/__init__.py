@@ -4,19 +4,31 @@
 >>> sym = get_symbol('crunet', num_layers=56)        # released CRU-Net-56 @x14 32x4d
 >>> count_params(sym)
 25609384
+
+``import symbols`` does not import MXNet (the networks, :mod:`symbols.stats` and
+:mod:`symbols.checkpoint` do, when first used): :mod:`symbols.files` and :mod:`symbols.errors`
+serve code that runs before MXNet is loaded.
 """
 import importlib
 import inspect
 
+from ._presets import ChoiceError
 
-from ._registry import ChoiceError
-from .stats import count_aux, count_macs, count_params, model_size_mb
+#: read off a Symbol by :mod:`symbols.stats` (imported on first use, with MXNet)
+_STATS = ('count_aux', 'count_macs', 'count_params', 'model_size_mb')
 
 __all__ = ['NETWORKS', 'ChoiceError', 'get_symbol', 'get_module', 'symbol_arguments', 'default_num_layers', 'count_params', 'count_aux',
            'count_macs', 'model_size_mb', 'load_checkpoint', 'gluon_model', 'zoo']
 
 #: network name -> module under ``symbols`` exposing ``get_symbol(num_classes, num_layers, image_shape, ...)``
 NETWORKS = ('crunet', 'resnext', 'resnet', 'sharesnet')
+
+
+def __getattr__(name):
+    if name in _STATS:
+        from . import stats
+        return getattr(stats, name)
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 def default_num_layers(network):

@@ -29,15 +29,15 @@ import warnings
 
 import mxnet as mx
 
-from crunet.errors import error_line
-from crunet.files import atomic_save
-
 from .blocks import parse_shape
+from .errors import error_line
+from .files import atomic_save
 
 __all__ = ['CheckpointError', 'ParamMismatchError', 'RELEASED_OPS', 'check_graph', 'upgrade_json', 'load_symbol',
            'load_params', 'save_params', 'load_checkpoint', 'save_checkpoint', 'convert_symbol_json', 'check_params',
            'expected_shapes', 'num_classes_of', 'data_shape_of', 'head_op', 'logits_symbol', 'inference_symbol',
-           'mean_max_symbol', 'deploy_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset']
+           'mean_max_symbol', 'deploy_symbol', 'symbol_path', 'params_path', 'synset_path', 'load_synset',
+           'class_names']
 
 
 class CheckpointError(ValueError):
@@ -229,6 +229,15 @@ def load_synset(path, num_classes=None):
         raise CheckpointError('synset file %s lists %d class names, the model has %d classes'
                               % (path, len(names), num_classes))
     return names
+
+
+def class_names(prefix, num_classes, synset=None):
+    """The class names of checkpoint ``prefix``: ``synset`` (a file), else ``synset.txt`` beside
+    the checkpoint, else ``None``; a file whose count differs from ``num_classes`` is an error."""
+    if synset is not None:
+        return load_synset(synset, num_classes)
+    beside = synset_path(prefix)
+    return load_synset(beside, num_classes) if os.path.isfile(beside) else None
 
 
 def load_symbol(path):

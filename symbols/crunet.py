@@ -24,7 +24,7 @@ ResNeXt-50 Nx1d (depthwise 3x3 in conv2, conv3, conv5: widths 136, 272, 1088) an
 The ``cifar`` preset is a CIFAR-size CRU-Net (3x3 stem, three stages) used by the demo.
 """
 from .blocks import Stage, build_network, parse_shape
-from ._registry import choose
+from ._presets import choose
 
 _OUT = (256, 512, 1024, 2048)
 

@@ -1,44 +1,10 @@
-"""Export commands: released symbol -> stock symbol, inference graph, ONNX; each verified.
-
-    python -m symbols.export convert SRC-symbol.json DST-symbol.json
-        Rewrite a released CRU-Net -symbol.json (MXNet 0.9, ChannelwiseConvolution) as a
-        symbol stock MXNet 1.9 loads (depthwise Convolution). The .params file needs no change.
-
-    python -m symbols.export inference --model PREFIX --epoch N --out OUT [--output softmax|logits]
-                                       [--image-shape 3,224,224] [--mean-max] [--raw-rgb-input]
-        OUT-symbol.json + OUT-0000.params: the graph without label input, ending in a softmax
-        named "softmax" (or the fc6 logits); loaded back with plain mx.sym.load / mx.nd.load
-        and compared with the checkpoint on a random input.
-
-    python -m symbols.export onnx --model PREFIX --epoch N --out FILE.onnx [--output logits|softmax]
-                                  [--image-shape 3,224,224] [--batch-size 1] [--dynamic-batch] [--mean-max]
-                                  [--raw-rgb-input]
-        ONNX (opset 13) through mx.onnx.export_model, run in onnxruntime on a random input and
-        compared with MXNet (--tolerance, default 1e-4 absolute, scaled by the output range when
-        that exceeds 1). The file's metadata_props carry the preprocessing the weights expect
-        (mean, std, scale, resize, crop, interpolation: PREFIX-args.json of the training run,
-        else the released models') and, when known, the class names.
-
-    python -m symbols.export quantize --model PREFIX --epoch N --calib-dataset FILE.rec --out QPREFIX
-                                      [--calib-mode naive|entropy] [--num-calib-batches 10] [--batch-size 32]
-        int8 QPREFIX-symbol.json + QPREFIX-0000.params (+ QPREFIX-args.json, the preprocessing) for
-        CPU scoring with crunet-score, through MXNet's oneDNN quantization calibrated on FILE.rec;
-        which layers stay fp32 and why: symbols/quantize.py (the checkpoint's own graph: no --network).
-
-Every command takes --network/--num-layers/--setting/--num-classes to bind the params to the
-project's symbol instead of the file's one. --synset FILE names the classes (one per line;
-default: synset.txt beside the checkpoint, when there is one); the names are written as
-synset.txt beside the exported files. --raw-rgb-input builds the normalisation into the graph:
-its input is then RGB pixels as floats 0-255 (resized and centre-cropped, NCHW), and the
-metadata says so (input_format=raw_rgb_0_255). The output appears only once verified (nothing
-half-written is left behind). Errors are one line: exit status 2 for a bad flag or input file,
-1 for a failed verification or a missing package; the verified maximum absolute difference is
-printed.
+"""Exports of a checkpoint: the inference graph (stock MXNet JSON + params) and ONNX, each
+verified against MXNet before the file appears; ``crunet-export`` (:mod:`crunet.cli.export`) is
+their command line, also run as ``python -m symbols.export``.
 
 In Python: :func:`export_inference`, :func:`export_onnx`, :func:`verify_onnx`,
 :func:`symbols.checkpoint.convert_symbol_json`.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -47,19 +13,16 @@ import sys
 import mxnet as mx
 import numpy as np
 
-from crunet.cli import ArgParser, add_model_args
-from crunet.errors import CLIError, EXIT_INTERNAL, EXIT_USER
-from crunet.files import atomic_write_text, output_folder
-
 from . import preprocess as pp
-from . import quantize
 from .blocks import parse_shape
-from .checkpoint import (CheckpointError, convert_symbol_json, deploy_symbol, load_checkpoint, load_synset,
-                         num_classes_of, params_path, save_checkpoint, symbol_path, synset_path)
+from .checkpoint import (class_names as find_class_names, deploy_symbol, load_checkpoint, num_classes_of,
+                         params_path, save_checkpoint, symbol_path, synset_path)
+from .files import atomic_write_text
+from .predict import Predictor
 
 __all__ = ['ExportError', 'MissingPackageError', 'export_inference', 'export_onnx', 'verify_onnx',
            'verify_inference', 'raw_rgb_graph', 'onnx_metadata', 'require_onnx', 'ONNX_OPSET',
-           'ORT_INSTALL', 'main']
+           'ORT_INSTALL']
 
 #: mx2onnx (MXNet 1.9.1) has translations up to opset 13; onnx 1.14 would stamp opset 19 on
 #: them, which onnxruntime 1.15 does not run (no Reshape-19 kernel).
@@ -119,17 +82,6 @@ def _preprocess_for(prefix, image_shape):
     return pre._replace(crop=crop, resize=max(int(pre.resize), min(crop[1:])) if pre.resize else 0)
 
 
-def _class_names(prefix, synset, num_classes):
-    """Class names from ``synset`` (a file; must fit ``num_classes``), else from ``synset.txt``
-    beside the checkpoint when it has one, else ``None``."""
-    if synset is not None:
-        return load_synset(synset, num_classes)
-    beside = synset_path(prefix)
-    if os.path.isfile(beside):
-        return load_synset(beside, num_classes)
-    return None
-
-
 def onnx_metadata(pre, raw_rgb=False, class_names=None):
     """The ``metadata_props`` of an exported ONNX file: the preprocessing (see
     :func:`symbols.preprocess.as_metadata`), ``input_format`` (``normalized``: apply it all;
@@ -155,7 +107,7 @@ def _write_synset(out, class_names):
     return atomic_write_text(synset_path(out), '\n'.join(class_names) + '\n')
 
 
-def _full_shape(image_shape, batch_size=1):
+def _batch_shape(image_shape, batch_size=1):
     return (int(batch_size),) + parse_shape(image_shape or '3,224,224')
 
 
@@ -165,8 +117,7 @@ def _random_input(shape, seed=0, raw_rgb=False):
 
 
 def _mxnet_forward(sym, arg_params, aux_params, data):
-    """Outputs of ``sym`` for the NumPy batch ``data`` on the CPU (crunet.evaluate.Predictor)."""
-    from crunet.evaluate import Predictor
+    """Outputs of ``sym`` for the NumPy batch ``data`` on the CPU (:class:`symbols.predict.Predictor`)."""
     return Predictor(sym, arg_params, aux_params, data.shape, check=False).predict(data)
 
 
@@ -197,9 +148,8 @@ def export_inference(prefix, epoch, out_prefix, out_epoch=0, image_shape=None, o
     random input, ``None`` without ``verify``). ``raw_rgb``: the normalisation of the checkpoint
     (:func:`symbols.preprocess.of_checkpoint`) built in (:func:`raw_rgb_graph`); ``synset``: a
     class-names file. The files appear only once verified."""
-    output_folder(out_prefix, '--out')
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch, image_shape=image_shape, **load_kwargs)
-    class_names = _class_names(prefix, synset, num_classes_of(arg_params))
+    class_names = find_class_names(prefix, num_classes_of(arg_params), synset)
     deploy = deploy_symbol(sym, output, 'mean-max' if mean_max else 'avg')
     if raw_rgb:
         deploy, constants = raw_rgb_graph(deploy, _preprocess_for(prefix, image_shape))
@@ -210,7 +160,7 @@ def export_inference(prefix, epoch, out_prefix, out_epoch=0, image_shape=None, o
         tmp_s, tmp_p = save_checkpoint(tmp, out_epoch, deploy, arg_params, aux_params)
         diff = None
         if verify:
-            data = _random_input(_full_shape(image_shape), raw_rgb=raw_rgb)
+            data = _random_input(_batch_shape(image_shape), raw_rgb=raw_rgb)
             try:
                 diff = verify_inference(tmp, out_epoch, deploy, arg_params, aux_params, data, tolerance)
             except ExportError as err:                 # name the output, not its temporary files
@@ -293,15 +243,15 @@ def export_onnx(prefix, epoch, onnx_path, image_shape=None, batch_size=1, output
     if int(batch_size) < 1:
         raise ValueError('batch size must be at least 1, not %s' % batch_size)
     require_onnx(runtime=verify)
-    output_folder(onnx_path, '--out')
+    os.makedirs(os.path.dirname(os.path.abspath(onnx_path)), exist_ok=True)
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch, image_shape=image_shape, **load_kwargs)
-    class_names = _class_names(prefix, synset, num_classes_of(arg_params))
+    class_names = find_class_names(prefix, num_classes_of(arg_params), synset)
     deploy = deploy_symbol(sym, output, 'mean-max' if mean_max else 'avg')
     pre = _preprocess_for(prefix, image_shape)
     if raw_rgb:
         deploy, constants = raw_rgb_graph(deploy, pre)
         arg_params = dict(arg_params, **constants)
-    shape = _full_shape(image_shape, batch_size)
+    shape = _batch_shape(image_shape, batch_size)
     params = dict(arg_params)
     params.update(aux_params)
     kwargs = {}
@@ -329,119 +279,6 @@ def export_onnx(prefix, epoch, onnx_path, image_shape=None, batch_size=1, output
             'opset': ONNX_OPSET, 'metadata': metadata}
 
 
-# ----------------------------------------------------------------------------- command line
-def _add_model_args(p):
-    p.add_argument('--model', required=True, help='checkpoint prefix: PREFIX-symbol.json, PREFIX-%%04d.params')
-    p.add_argument('--epoch', type=int, default=0, help='checkpoint epoch (released files: 0)')
-    p.add_argument('--out', required=True, help='output prefix (inference) or .onnx file (onnx)')
-    p.add_argument('--image-shape', default='3,224,224', help='C,H,W of the input')
-    p.add_argument('--mean-max', action='store_true', help='mean-max pooling (inputs larger than the training crop)')
-    p.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted absolute difference')
-    p.add_argument('--no-verify', action='store_true', help='skip the comparison with MXNet')
-    add_model_args(p, title='Network (optional: bind the params to symbols.get_symbol(NETWORK, ...) instead of '
-                            'the file\'s symbol; classes default to those of the params)')
-    p.add_argument('--synset', metavar='FILE', help='class names, one per line in class order (default: '
-                                                    'synset.txt beside the checkpoint); written as synset.txt '
-                                                    'beside the output')
-    p.add_argument('--raw-rgb-input', action='store_true',
-                   help="build the checkpoint's normalisation into the graph: the input is RGB pixels 0-255")
-
-
-def _load_kwargs(args):
-    if args.network is None:
-        for flag in ('num_layers', 'setting', 'num_classes'):
-            if getattr(args, flag) is not None:
-                raise ValueError('--%s needs --network' % flag.replace('_', '-'))
-        return {}
-    kw = dict(network=args.network)
-    for flag in ('num_layers', 'setting', 'num_classes'):
-        if getattr(args, flag) is not None:
-            kw[flag] = getattr(args, flag)
-    return kw
-
-
-def main(argv=None):
-    # MXNet logs "Subgraph backend MKLDNN is activated" on stderr at every bind of the checks
-    os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
-    parser = ArgParser(prog='crunet-export', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('convert', help='released -symbol.json -> stock MXNet -symbol.json')
-    p.add_argument('src', help='released PREFIX-symbol.json')
-    p.add_argument('dst', help='output -symbol.json')
-    p = sub.add_parser('inference', help='inference graph (no label) JSON + params, verified')
-    _add_model_args(p)
-    p.add_argument('--out-epoch', type=int, default=0)
-    p.add_argument('--output', choices=('softmax', 'logits'), default='softmax')
-    p = sub.add_parser('onnx', help='ONNX file, verified in onnxruntime')
-    _add_model_args(p)
-    p.add_argument('--output', choices=('softmax', 'logits'), default='logits')
-    p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--dynamic-batch', action='store_true', help='any batch size (first dimension symbolic)')
-    p = sub.add_parser('quantize', help='int8 checkpoint for CPU scoring (oneDNN, calibrated)')
-    quantize.add_arguments(p)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == 'convert':
-            output_folder(args.dst, 'output')
-            converted = convert_symbol_json(args.src, args.dst)
-            print('wrote %s (%d ChannelwiseConvolution -> depthwise Convolution)' % (args.dst, len(converted)))
-            return 0
-        if args.command == 'quantize':
-            return quantize.command(args)
-        _check_flags(args)
-        common = dict(image_shape=args.image_shape, mean_max=args.mean_max, verify=not args.no_verify,
-                      tolerance=args.tolerance, output=args.output, raw_rgb=args.raw_rgb_input,
-                      synset=args.synset, **_load_kwargs(args))
-        if args.command == 'inference':
-            res = export_inference(args.model, args.epoch, args.out, out_epoch=args.out_epoch, **common)
-            print('wrote %s and %s' % (res['symbol'], res['params']))
-        else:
-            res = export_onnx(args.model, args.epoch, args.out, batch_size=args.batch_size,
-                              dynamic_batch=args.dynamic_batch, **common)
-            print('wrote %s (opset %d)' % (res['onnx'], res['opset']))
-        if res.get('synset'):
-            print('wrote %s' % res['synset'])
-        if res['max_abs_diff'] is not None:
-            print('verified: max abs difference %.3g' % res['max_abs_diff'])
-        return 0
-    except (ExportError, OSError, mx.base.MXNetError) as err:      # the export itself, the machine
-        return _error(err, EXIT_INTERNAL)
-    except (CheckpointError, CLIError, ValueError) as err:           # a flag or an input file
-        return _error(err, EXIT_USER)
-
-
-def _error(err, code):
-    from crunet.errors import error_line
-    msg = error_line(err, limit=2000) if type(err).__name__ == 'MXNetError' else ' '.join(str(err).split())
-    print('error: %s' % (msg or err.__class__.__name__), file=sys.stderr)
-    return code
-
-
-def _check_flags(args):
-    """One-line errors for values argparse lets through."""
-    try:
-        channels = parse_shape(args.image_shape)[0]
-    except ValueError:
-        raise CLIError("--image-shape must be C,H,W with positive sizes, e.g. 3,224,224, not %r" % args.image_shape)
-    if args.raw_rgb_input and channels != 3:
-        raise CLIError('--raw-rgb-input needs 3 (RGB) input channels, --image-shape has %d' % channels)
-    if getattr(args, 'batch_size', 1) < 1:
-        raise CLIError('--batch-size must be at least 1, not %d' % args.batch_size)
-    if getattr(args, 'out_epoch', 0) < 0:
-        raise CLIError('--out-epoch must be 0 or more, not %d' % args.out_epoch)
-    if args.epoch < 0:
-        raise CLIError('--epoch must be 0 or more, not %d' % args.epoch)
-    if not args.tolerance > 0:
-        raise CLIError('--tolerance must be a positive number, not %r' % args.tolerance)
-    if args.synset is not None and not os.path.isfile(args.synset):
-        raise CLIError('--synset %s: no such file' % args.synset)
-
-
-def run(argv=None):
-    """The ``crunet-export`` command: :func:`main`'s exit status."""
-    return main(argv)
-
-
-if __name__ == '__main__':
+if __name__ == '__main__':              # ``python -m symbols.export``: an entry point like the root scripts
+    from crunet.cli.export import run
     sys.exit(run())

@@ -1,6 +1,6 @@
 """Pre-activation ResNet (bottleneck) baselines in the CRU-Net naming scheme: 50, 101, 152, 200."""
 from .blocks import Stage, build_network, parse_shape
-from ._registry import choose
+from ._presets import choose
 
 _UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
 PRESETS = {(d, 'preact'): tuple(Stage(u, w, 4 * w, 1) for u, w in zip(units, (64, 128, 256, 512)))

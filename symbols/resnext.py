@@ -11,7 +11,7 @@ num_layers  setting  widths D (conv2..conv5)     groups
 ==========  =======  ==========================  ======
 """
 from .blocks import Stage, build_network, parse_shape
-from ._registry import choose
+from ._presets import choose
 
 _UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 _WIDTHS = {'32x4d': ((128, 256, 512, 1024), 32), '2x40d': ((80, 160, 320, 640), 2),

@@ -16,7 +16,7 @@ WRN-d-k (``widen_factor``)  basic      (d-4)/6 each   16k, 32k, 64k       unit 2
 ==========================  =========  =============  ==================  ===========
 """
 from .blocks import Stage, build_network, parse_shape
-from ._registry import ChoiceError, choose
+from ._presets import ChoiceError, choose
 
 _W = (64, 128, 256, 512)
 

@@ -185,7 +185,7 @@ def test_onnx_batch_size_below_one(tmp_path, value):
     (['--frobnicate'], 'unrecognized arguments: --frobnicate'),
 ])
 def test_inference_export_bad_flags(tmp_path, capsys, flags, message):
-    from symbols.export import main
+    from crunet.cli.export import main
     argv = ['inference', '--model', H.scoring_set()['prefix'], '--out', str(tmp_path / 'o' / 'net')]
     if '--image-shape' not in flags:
         argv += ['--image-shape', '3,32,32']
@@ -206,7 +206,7 @@ def test_inference_export_under_a_regular_file(tmp_path):
 
 
 def test_synset_with_a_blank_line_names_the_line(tmp_path, capsys):
-    from symbols.export import main
+    from crunet.cli.export import main
     synset = tmp_path / 'names.txt'
     synset.write_text('a\nb\n\nc\n')
     code = main(['inference', '--model', H.scoring_set()['prefix'], '--image-shape', '3,32,32',
@@ -216,7 +216,7 @@ def test_synset_with_a_blank_line_names_the_line(tmp_path, capsys):
     assert not (tmp_path / 'o' / 'net-symbol.json').exists()
 
 
-_WITHOUT = "import sys; sys.modules[%r] = None; from symbols.export import run; sys.argv[0] = 'x'; sys.exit(run())"
+_WITHOUT = "import sys; sys.modules[%r] = None; from crunet.cli.export import run; sys.argv[0] = 'x'; sys.exit(run())"
 
 
 @pytest.mark.parametrize('package,message', [

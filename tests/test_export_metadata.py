@@ -13,7 +13,8 @@ import pytest
 
 import score_helpers as H
 from symbols import preprocess as pp
-from symbols.export import export_inference, export_onnx, main
+from crunet.cli.export import main
+from symbols.export import export_inference, export_onnx
 
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')

@@ -8,7 +8,8 @@ import pytest
 
 import score_helpers as H
 from symbols.checkpoint import load_checkpoint
-from symbols.export import export_inference, export_onnx, main
+from crunet.cli.export import main
+from symbols.export import export_inference, export_onnx
 
 ort = pytest.importorskip('onnxruntime')
 onnx = pytest.importorskip('onnx')

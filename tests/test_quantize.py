@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from symbols import export
+from crunet.cli import export
 from symbols.checkpoint import check_params, load_checkpoint
 from symbols.quantize import broken_layers, classifier_layers, quantized_layers, sums_as_elemwise_add
 

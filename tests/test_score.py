@@ -88,11 +88,11 @@ def test_mean_max_matches_numpy(setup):
     from crunet.cli import score
     args = score.build_parser().parse_args(['--model', setup['prefix'], '--data-val', setup['rec'],
                                             '--image-shape', '3,48,48', '--resize-val', '48', '--batch-size', '4'])
-    score.resolve(args)
-    assert score.choose_pooling('auto', args.image_shape, args.train_shape) == 'mean-max'
-    assert score.choose_pooling('auto', '3,32,32', args.train_shape) == 'avg'
+    ev.resolve(args)
+    assert ev.choose_pooling('auto', args.image_shape, args.train_shape) == 'mean-max'
+    assert ev.choose_pooling('auto', '3,32,32', args.train_shape) == 'avg'
     from crunet.data.iterators import get_val_iter
-    data, _ = next(ev.centre_crop_batches(get_val_iter(score.data_flags(args))))
+    data, _ = next(ev.centre_crop_batches(get_val_iter(ev.data_flags(args))))
     data = data.asnumpy()
     assert data.shape == (4, 3, 48, 48)
     sym, arg, aux = setup['sym'], setup['arg'], setup['aux']

@@ -23,41 +23,21 @@ preprocessing (3,224,224; 124,117,104; 0.0167; 256). Errors are one line, exit s
 import argparse
 import json
 import logging
+import os
 import sys
 
+from symbols import ChoiceError
+
 from .. import perf
-perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+from ..args import ArgParser, add_model_args, network_kwargs
+from ..errors import CLIError, cli_main
+from ..files import atomic_write_text
 
-import mxnet as mx  # noqa: E402
-
-from . import ArgParser, add_model_args  # noqa: E402
-from .. import evaluate as ev  # noqa: E402
-from ..data.checks import check_labels, inspect_recordio  # noqa: E402
-from ..data.flags import add_data_args, add_data_aug_args, check_args, data_args, triple  # noqa: E402
-from ..data.iterators import get_val_iter  # noqa: E402
-from ..devices import get_contexts, parse_gpus  # noqa: E402
-from ..errors import CLIError, cli_main  # noqa: E402
-from ..files import atomic_write_text  # noqa: E402
-from symbols import ChoiceError  # noqa: E402
-from symbols.blocks import parse_shape  # noqa: E402
-from symbols.checkpoint import CheckpointError, check_params, deploy_symbol, load_checkpoint, num_classes_of  # noqa: E402
-from symbols.preprocess import training_args  # noqa: E402
-
-#: data flags of common.data that score.py takes (defaults: those of common.data)
-DATA_FLAGS = ('data_val', 'data_nthreads', 'image_shape', 'rgb_mean', 'rgb_std', 'scale', 'data_check',
-              'resize_val', 'inter_method')
-#: flags whose default comes from PREFIX-args.json when the checkpoint has one
-FROM_TRAINING = ('image_shape', 'rgb_mean', 'rgb_std', 'scale', 'resize_val', 'inter_method')
-
-
-def _data_defaults():
-    p = argparse.ArgumentParser(add_help=False)
-    add_data_args(p)
-    add_data_aug_args(p)
-    return {a.dest: a for a in p._actions if a.dest in DATA_FLAGS}
+# MXNet is imported by the functions below, after run() has applied crunet.perf.configure()
 
 
 def build_parser():
+    from .. import evaluate as ev
     parser = ArgParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group('Model')
@@ -67,7 +47,7 @@ def build_parser():
                                  'instead of the file\'s symbol; classes default to those of the params)')
     g = parser.add_argument_group('Data', 'unset flags: PREFIX-args.json of the training run, else the '
                                           'released models\' preprocessing')
-    for dest, action in _data_defaults().items():
+    for dest, action in ev.data_defaults().items():
         if dest == 'data_val':
             g.add_argument(*action.option_strings, default=None,
                            help='validation RecordIO file (.rec) to score, its index (.idx) beside it '
@@ -86,7 +66,7 @@ def build_parser():
     g = parser.add_argument_group('Evaluation')
     g.add_argument('--crops', type=int, default=1, choices=(1, 10),
                    help='1: centre crop; 10: 4 corners + centre, mirrored, softmax averaged')
-    g.add_argument('--pooling', default='auto', choices=ev.POOLINGS,
+    g.add_argument('--pooling', default='auto', choices=ev.POOLING_FLAG_CHOICES,
                    help='auto: mean-max when --image-shape exceeds the training crop, else avg')
     g.add_argument('--train-shape', default=None,
                    help='training crop C,H,W for --pooling auto (default: PREFIX-args.json, else 3,224,224)')
@@ -96,38 +76,18 @@ def build_parser():
     return parser
 
 
-def resolve(args):
-    """Fill unset data flags from PREFIX-args.json (symbols.preprocess.training_args), then the
-    data flags' defaults."""
-    trained = training_args(args.model)
-    defaults = _data_defaults()
-    for dest in DATA_FLAGS:
-        if getattr(args, dest) is None:
-            value = trained.get(dest) if dest in FROM_TRAINING else None
-            setattr(args, dest, value if value is not None else defaults[dest].default)
-    if args.train_shape is None:
-        args.train_shape = trained.get('image_shape') or '3,224,224'
-    return args
-
-
-def data_flags(args):
-    """The namespace the data iterators read (:func:`crunet.data.flags.data_args`), from the
-    resolved score flags."""
-    return data_args(batch_size=args.batch_size, **{dest: getattr(args, dest) for dest in DATA_FLAGS})
-
-
-def choose_pooling(pooling, image_shape, train_shape):
-    """``'avg'`` or ``'mean-max'`` (``auto``: mean-max when the input exceeds the training crop)."""
-    if pooling != 'auto':
-        return pooling
-    _, h, w = parse_shape(image_shape)
-    _, th, tw = parse_shape(train_shape)
-    return 'mean-max' if (h > th or w > tw) else 'avg'
-
-
-def score(args, log=ev.stderr_log):
-    """Run the evaluation described by the parsed ``args``; returns the result dict."""
-    resolve(args)
+def score(args, log=None):
+    """Run the evaluation described by the parsed ``args``; returns the result dict. Progress
+    lines go to ``log`` (default: stderr)."""
+    from symbols.blocks import parse_shape
+    from symbols.checkpoint import check_params, deploy_symbol, load_checkpoint, num_classes_of
+    from .. import evaluate as ev
+    from ..data.checks import check_labels, inspect_recordio
+    from ..data.flags import check_args, triple
+    from ..data.iterators import get_val_iter
+    from ..devices import get_contexts, parse_gpus
+    log = log or ev.stderr_log
+    ev.resolve(args)
     parse_gpus(args.gpus)       # CUDA build, libraries, driver, GPU architecture: before any work
     if args.batch_size < 1:
         raise CLIError('--batch-size must be at least 1')
@@ -135,18 +95,13 @@ def score(args, log=ev.stderr_log):
         raise CLIError('--max-images must be at least 1 (leave it out to score every image), not %d' % args.max_images)
     if args.disp_batches < 0:
         raise CLIError('--disp-batches must be 0 (no progress lines) or more, not %d' % args.disp_batches)
-    data = data_flags(args)
+    data = ev.data_flags(args)
     check_args(data, training=False)         # flag values and combinations, before any file is read
-    if args.network is None and any(getattr(args, f) is not None for f in ('num_layers', 'setting', 'num_classes')):
-        raise CLIError('--num-layers/--setting/--num-classes need --network')
+    kw = network_kwargs(args)
     image_shape = parse_shape(args.image_shape)
-    kw = {}
-    if args.network is not None:
-        kw = {k: getattr(args, k) for k in ('num_layers', 'setting', 'num_classes') if getattr(args, k) is not None}
-        kw['network'] = args.network
     sym, arg_params, aux_params = load_checkpoint(args.model, args.epoch, image_shape=args.train_shape, **kw)
     num_classes = num_classes_of(arg_params)
-    pooling = choose_pooling(args.pooling, args.image_shape, args.train_shape)
+    pooling = ev.choose_pooling(args.pooling, args.image_shape, args.train_shape)
     deploy = deploy_symbol(sym, pooling=pooling)
     contexts = get_contexts(args.gpus)
     batch_shape = (args.batch_size * args.crops,) + image_shape
@@ -178,13 +133,44 @@ def score(args, log=ev.stderr_log):
     return res
 
 
+def classify(args):
+    """``crunet-score --image FILE ...`` (:mod:`crunet.classify`): ``args`` parsed by :func:`build_parser`."""
+    from symbols import preprocess as pp
+    from symbols.checkpoint import class_names, deploy_symbol, load_checkpoint, num_classes_of
+    from .. import evaluate as ev
+    from ..classify import classify_images, format_predictions, load_image, preprocess_image
+    from ..devices import get_contexts
+    if args.crops != 1:
+        raise CLIError('--crops 10 scores a --data-val file; --image classifies the centre crop')
+    if args.batch_size < 1:
+        raise CLIError('--batch-size must be at least 1')
+    if args.synset is not None and not os.path.isfile(args.synset):
+        raise CLIError('--synset %s: no such file' % args.synset)
+    for path in args.image:
+        if not os.path.isfile(path):
+            raise CLIError('--image %s: no such file' % path)
+    ev.resolve(args)
+    pre = pp.from_training_args(vars(args))
+    kw = network_kwargs(args)
+    images = list(args.image)
+    inputs = [preprocess_image(load_image(p), pre) for p in images]     # bad files before the model loads
+    sym, arg_params, aux_params = load_checkpoint(args.model, args.epoch, image_shape=args.train_shape, **kw)
+    names = class_names(args.model, num_classes_of(arg_params), args.synset)
+    deploy = deploy_symbol(sym, pooling=ev.choose_pooling(args.pooling, args.image_shape, args.train_shape))
+    results = classify_images(deploy, arg_params, aux_params, images, pre, names, batch_size=args.batch_size,
+                              contexts=get_contexts(args.gpus), inputs=inputs)
+    print('\n'.join(format_predictions(results)))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=1) + '\n')
+    return results
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.image or not args.data_val:              # image files: crunet.classify
-        from .. import classify
         if not args.image:
             raise CLIError('--data-val FILE.rec is required (or --image FILE ... to classify image files)')
-        return classify.main(args)
+        return classify(args)
     res = score(args)
     print('top-1 error %.2f%%  top-5 error %.2f%%  (%d images, %.1f images/s, %s, %s pooling)'
           % (100 * res['top1_error'], 100 * res['top5_error'], res['images'], res['images_per_sec'],
@@ -195,7 +181,10 @@ def main(argv=None):
 
 
 def run(argv=None):
-    """``main`` under the project's exit-code convention (:mod:`crunet.errors`)."""
+    """``main`` under the project's exit-code convention (:mod:`crunet.errors`), with the speed
+    settings of :func:`crunet.perf.configure` applied before MXNet is imported."""
+    perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+    from symbols.checkpoint import CheckpointError
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     cli_main(main, argv, user_errors=(CheckpointError, ChoiceError, ValueError))
     return 0

@@ -18,18 +18,16 @@ import logging
 import os
 import sys
 
+import symbols
+
 from .. import perf
-perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+from ..args import ArgParser
+from ..errors import CLIError, cli_main
+from ..isa import GROUPED_CONV_FLAG_CHOICES, grouped_conv_for
+from ..log import setup_logging
 
-import mxnet as mx  # noqa: E402  (ps-lite servers and schedulers stop inside this import)
-
-from . import ArgParser  # noqa: E402
-from ..data import iterators as data  # noqa: E402
-from ..data import flags as dflags  # noqa: E402
-from ..errors import CLIError, cli_main  # noqa: E402
-from ..isa import GROUPED_CONV_FLAG_CHOICES, grouped_conv_for  # noqa: E402
-from ..log import setup_logging  # noqa: E402
-from ..train import fit, flags, recipe  # noqa: E402
+# MXNet is imported by run(), after crunet.perf.configure(); the data and training modules,
+# which import MXNet, by the functions that use them
 
 #: the embedded demo: a CIFAR-size CRU-Net on the digits; any flag given overrides these
 DEMO_DEFAULTS = dict(
@@ -46,6 +44,8 @@ DEMO_IMAGE_SIZE = 32
 
 
 def build_parser():
+    from ..data import flags as dflags
+    from ..train import flags
     parser = ArgParser(description='Train a CRU-Net / ResNeXt / ResNet / ShaResNet on RecordIO images; '
                                    'without --data-train: the embedded digits demo.',
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -88,7 +88,6 @@ def parse_args(argv=None):
 
 
 def _default_depth(network):
-    import symbols
     return symbols.default_num_layers(network) if network in symbols.NETWORKS else None
 
 
@@ -96,7 +95,6 @@ def build_symbol(args, grouped_conv='plain', dtype='float32'):
     """The network of ``--network/--num-layers/--setting/--num-classes/--image-shape``, in ``dtype``,
     grouped convolutions computed as ``grouped_conv`` says (``symbols.blocks.GROUPED_CONV_CHOICES``).
     The defaults give the graph every checkpoint stores (plain, float32)."""
-    import symbols
     given = {'setting': args.setting} if args.setting is not None else {}
     try:
         return symbols.get_symbol(args.network, num_classes=args.num_classes, num_layers=args.num_layers,
@@ -128,6 +126,8 @@ def prepare_demo_data(args):
 
 
 def main(argv=None):
+    from ..data import iterators
+    from ..train import fit, flags, recipe
     args, demo = parse_args(argv)
     flags.check_args(args)
     check_index_flags(args)
@@ -152,19 +152,22 @@ def main(argv=None):
         train_sym = recipe.without_weight_decay(train_sym)
         logging.info('--no-wd: no weight decay on %d BatchNorm gamma/beta and bias parameters',
                      len(recipe.no_wd_names(train_sym)))
-    result = fit.fit(args, train_sym, data.get_rec_iter, save_network=sym)
+    result = fit.fit(args, train_sym, iterators.get_rec_iter, save_network=sym)
     return result
 
 
 def run(argv=None):
-    """``main`` under the project's exit-code convention (:mod:`crunet.errors`);
+    """``main`` under the project's exit-code convention (:mod:`crunet.errors`), with the speed
+    settings of :func:`crunet.perf.configure` applied before MXNet is imported;
     ``crunet-train convert-states ...`` runs :mod:`crunet.train.convert`."""
-    import symbols
+    perf.configure()  # OpenMP threads = physical cores, before MXNet reads them (bench/FINDINGS.md)
+    import mxnet  # noqa: F401  (ps-lite servers and schedulers stop inside this import)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['convert-states']:
         from ..train import convert
         return convert.run(argv[1:])
-    cli_main(main, argv, user_errors=(symbols.ChoiceError,))
+    from symbols.checkpoint import CheckpointError
+    cli_main(main, argv, user_errors=(symbols.ChoiceError, CheckpointError))
     return 0
 
 

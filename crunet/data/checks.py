@@ -11,15 +11,12 @@ import time
 
 import mxnet as mx
 
+from ..errors import DataError
 from ..files import atomic_save
 from . import recordio
 
 __all__ = ['DataError', 'mxnet_decodes', 'cache_dir', 'inspect_recordio', 'check_recordio', 'check_labels',
            'effective_threads', 'part_sizes', 'SMALL_FILE', 'LOCATE_SECONDS', 'WARNED_THREADS']
-
-
-class DataError(recordio.RecordError):
-    """Unusable input data; the message is one line naming the file (and record)."""
 
 
 _CHECKED = {}

@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from ..cli import ArgParser
+from ..args import ArgParser
 from ..errors import cli_main
 from ..files import atomic_save
 from . import im2rec, lists, packing, recordio

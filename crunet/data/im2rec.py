@@ -44,7 +44,7 @@ import signal
 import sys
 import threading
 
-from ..cli import ArgParser
+from ..args import ArgParser
 from ..errors import EXIT_TERMINATED, cli_main, die
 from ..files import atomic_save
 from .lists import IMAGE_EXTS, PackError, ensure_dir, make_lists, walk_tree

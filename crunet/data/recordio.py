@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from ..errors import CLIError
+from ..errors import DataError
 
 __all__ = ['RecordError', 'MAGIC', 'DECODABLE', 'encode_record', 'pack_header', 'unpack_header',
            'RecordWriter', 'image_format', 'RecordInfo', 'read_index', 'iter_payloads', 'scan_recordio',
@@ -38,7 +38,7 @@ _LEN_MASK = (1 << 29) - 1
 DECODABLE = ('jpeg', 'png', 'bmp', 'tiff')
 
 
-class RecordError(CLIError):
+class RecordError(DataError):
     """A RecordIO file that cannot be read as image records; the message names the file and record."""
 
 
@@ -363,10 +363,9 @@ DECODER_NOISE = ('libpng ', 'Corrupt JPEG', 'Premature end of JPEG', 'Invalid SO
 
 
 @contextlib.contextmanager
-def decoder_messages():
-    """Capture what C decoders print on file descriptor 2 while the block runs: the complaints of
-    libpng / libjpeg (:data:`DECODER_NOISE`) go into the yielded list (for an error message to quote),
-    anything else is written back to stderr afterwards."""
+def captured_stderr():
+    """Collect what C libraries write on file descriptor 2 while the block runs: the yielded
+    list holds those lines afterwards (it stays empty where descriptor 2 cannot be duplicated)."""
     lines = []
     try:
         sys.stderr.flush()
@@ -374,22 +373,34 @@ def decoder_messages():
     except (OSError, ValueError):
         yield lines
         return
-    tmp = tempfile.TemporaryFile()
-    try:
+    with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
-        yield lines
-    finally:
         try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(saved, 2)
-        os.close(saved)
-        tmp.seek(0)
-        other = []
-        for line in tmp.read().decode('utf-8', 'replace').splitlines():
+            yield lines
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode('utf-8', 'replace').splitlines())
+
+
+@contextlib.contextmanager
+def decoder_messages():
+    """Capture what C decoders print on file descriptor 2 while the block runs: the complaints of
+    libpng / libjpeg (:data:`DECODER_NOISE`) go into the yielded list (for an error message to quote),
+    anything else is written back to stderr afterwards."""
+    lines = []
+    other = []
+    try:
+        with captured_stderr() as captured:
+            yield lines
+    finally:
+        for line in captured:
             (lines if line.startswith(DECODER_NOISE) else other).append(line)
-        tmp.close()
         if other:
             sys.stderr.write('\n'.join(other) + '\n')
             sys.stderr.flush()

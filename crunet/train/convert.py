@@ -13,7 +13,7 @@ import pickle
 import mxnet as mx
 import numpy as np
 
-from ..cli import ArgParser
+from ..args import ArgParser
 from ..errors import CLIError, cli_main
 from .state import is_pickle, write_states
 

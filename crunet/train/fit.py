@@ -36,10 +36,10 @@ from symbols.checkpoint import CheckpointError, check_params, expected_shapes, l
 
 from ..data import recordio
 from ..devices import get_contexts
-from ..errors import CLIError, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..files import PrefixLock, atomic_write_text
 from . import dist, recipe, report, schedule as schedule_mod, state
-from .flags import check_args, paper_recipe, resolve_policy
+from .flags import paper_recipe, resolve_policy
 
 __all__ = ['fit', 'Run', 'EpochData', 'starting_point', 'bind_module', 'initial_params', 'init_optimizer',
            'train_epoch', 'end_epoch']
@@ -162,7 +162,7 @@ def bind_module(sym, contexts, provide):
 def _fitting(sym, arg_params, aux_params, data_shape, what, finetune):
     """The checkpoint's params that fit ``sym``; with ``finetune`` a classifier (``fc6``) of
     another shape is left out (to be initialised afresh), and so are names ``sym`` does not use.
-    Returns ``(arg, aux, replaced)``; a mismatch raises :class:`CLIError` naming ``what``."""
+    Returns ``(arg, aux, replaced)``; a mismatch raises :class:`crunet.errors.ConfigError` naming ``what``."""
     replaced = []
     if finetune:
         args, aux = expected_shapes(sym, data_shape)
@@ -177,7 +177,7 @@ def _fitting(sym, arg_params, aux_params, data_shape, what, finetune):
     try:
         check_params(sym, filled, aux_params, data_shape)
     except CheckpointError as exc:
-        raise CLIError('%s does not match the network: %s' % (what, exc))
+        raise ConfigError('%s does not match the network: %s' % (what, exc))
     return arg_params, aux_params, replaced
 
 
@@ -190,12 +190,12 @@ def initial_params(mod, args, load_epoch):
         try:
             arg_params, aux_params = load_params(what)
         except CheckpointError as exc:
-            raise CLIError('cannot read %s' % exc)
+            raise ConfigError('cannot read %s' % exc)
         try:
             arg_params, aux_params, _ = _fitting(mod.symbol, arg_params, aux_params, data_shape,
                                                  '--load-epoch %d: %s' % (load_epoch, what), finetune=False)
-        except CLIError as exc:
-            raise CLIError('%s (same --network, --num-layers, --setting and --num-classes as the run that '
+        except ConfigError as exc:
+            raise ConfigError('%s (same --network, --num-layers, --setting and --num-classes as the run that '
                            'wrote it? to fine-tune with other classes use --finetune-from)' % exc)
         logging.info('Resuming from %s at epoch %d', what, load_epoch)
         return arg_params, aux_params, False
@@ -203,11 +203,11 @@ def initial_params(mod, args, load_epoch):
         import symbols
         what = '--finetune-from %s --finetune-epoch %d' % (args.finetune_from, args.finetune_epoch)
         if not os.path.exists(params_path(args.finetune_from, args.finetune_epoch)):
-            raise CLIError('%s: %s not found' % (what, params_path(args.finetune_from, args.finetune_epoch)))
+            raise ConfigError('%s: %s not found' % (what, params_path(args.finetune_from, args.finetune_epoch)))
         try:
             _, arg_params, aux_params = symbols.load_checkpoint(args.finetune_from, args.finetune_epoch, check=False)
         except CheckpointError as exc:
-            raise CLIError('%s: cannot load: %s' % (what, exc))
+            raise ConfigError('%s: cannot load: %s' % (what, exc))
         arg_params, aux_params, replaced = _fitting(mod.symbol, arg_params, aux_params, data_shape, what,
                                                     finetune=True)
         logging.info('Fine-tuning from %s%s', what,
@@ -286,7 +286,7 @@ def train_epoch(mod, train, epoch, sched, metric, progress, epoch_batches, seen,
     return nbatch, images, cur_lr
 
 
-def evaluate(mod, val_iter, metric, sums):
+def validate(mod, val_iter, metric, sums):
     """Validation metrics over ``val_iter`` (padding excluded); summed over the workers of a
     synchronous cluster (``sums``) so that every worker sees, and acts on, the same numbers."""
     metric.reset()
@@ -322,7 +322,7 @@ def agreed_params(mod, run):
     return arg_p, aux_p
 
 
-def end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, elapsed, train_metric):
+def end_epoch(mod, args, run, loop, epoch, nbatch, images, cur_lr, elapsed, train_metric):
     """Validation, schedule, non-finite check, checkpoint and metrics row of ``epoch``."""
     train_pairs = report.metric_values(train_metric)
     for name, value in train_pairs:
@@ -334,31 +334,31 @@ def end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, elapsed, train
                      report.param_checksum(arg_p, aux_p))
     bad = state.finite_params(arg_p, aux_p)
     if bad is not None:
-        raise _diverged('%s became NaN/Inf' % bad, epoch, nbatch, args.model_prefix, ctx['last_saved'])
+        raise _diverged('%s became NaN/Inf' % bad, epoch, nbatch, args.model_prefix, loop['last_saved'])
     val_pairs = []
-    if ctx['val'] is not None:
-        val_pairs = evaluate(mod, ctx['val'], ctx['val_metric'], run.sums)
+    if loop['val'] is not None:
+        val_pairs = validate(mod, loop['val'], loop['val_metric'], run.sums)
         for name, value in val_pairs:
             logging.info('Epoch[%d] Validation-%s=%f', epoch, name, value)
     tr, va = report.summary(train_pairs), report.summary(val_pairs)
     if va.get('loss') is not None and not math.isfinite(va['loss']):    # finite but overflowing weights
-        raise _diverged('validation loss became %s' % va['loss'], epoch, nbatch, args.model_prefix, ctx['last_saved'])
-    sched = ctx['sched']
+        raise _diverged('validation loss became %s' % va['loss'], epoch, nbatch, args.model_prefix, loop['last_saved'])
+    sched = loop['sched']
     if sched.end_epoch(va.get('top1', tr.get('top1'))):
         logging.info('Epoch[%d] no validation gain for %d epochs: learning rate x%g -> %g',
                      epoch, sched.patience, sched.factor, sched.lr(epoch + 1))
     prefix = args.model_prefix
     if prefix and run.writer and ((epoch + 1) % args.save_period == 0 or epoch + 1 == args.num_epochs):
-        state.save_epoch(mod, prefix, epoch + 1, ctx['saved_sym'], arg_p, aux_p, sched.state_dict(), args.dtype)
+        state.save_epoch(mod, prefix, epoch + 1, loop['saved_sym'], arg_p, aux_p, sched.state_dict(), args.dtype)
     if prefix and ((epoch + 1) % args.save_period == 0 or epoch + 1 == args.num_epochs):
-        ctx['last_saved'] = epoch + 1      # on every rank (rank 0 wrote it): what a divergence names
+        loop['last_saved'] = epoch + 1      # on every rank (rank 0 wrote it): what a divergence names
     ips = images / max(elapsed, 1e-9) * (run.num_workers if run.cluster else 1)
-    ctx['history'].append(dict(
+    loop['history'].append(dict(
         epoch=epoch, checkpoint=epoch + 1, lr=cur_lr, seconds=round(elapsed, 3), images_per_sec=round(ips, 2),
         global_batch=run.global_batch, train_top1=tr.get('top1'), train_top5=tr.get('top5'),
         train_loss=tr.get('loss'), val_top1=va.get('top1'), val_top5=va.get('top5'), val_loss=va.get('loss')))
-    if ctx.get('watch') is not None:   # TensorBoard, curves, --keep-last, PREFIX-best (crunet.train.report.Watch)
-        ctx['watch'].end_epoch(ctx['history'].rows, nbatch, saved=ctx['last_saved'] == epoch + 1)
+    if loop.get('watch') is not None:   # TensorBoard, curves, --keep-last, PREFIX-best (crunet.train.report.Watch)
+        loop['watch'].end_epoch(loop['history'].rows, nbatch, saved=loop['last_saved'] == epoch + 1)
 
 
 def _log_samples(args, run, epoch, seen):
@@ -384,8 +384,8 @@ def fit(args, network, data_loader, save_network):
     val_or_None)`` (``args.batch_size`` is then the batch of this worker); ``save_network`` is the
     graph written as ``PREFIX-symbol.json`` (the plain float32 graph with the same parameters).
     Returns a dict with the final ``epoch``, ``arg_params``, ``aux_params``, the per-epoch
-    ``history``, the ``module`` and the ``last_checkpoint``."""
-    check_args(args)
+    ``history``, the ``module`` and the ``last_checkpoint``. ``args`` are the flags as
+    :func:`crunet.train.flags.check_args` passed them (the command checks them first)."""
     run = Run(args)
     sched = make_schedule(args)
     begin_epoch, load_epoch = starting_point(args)
@@ -411,12 +411,13 @@ def fit(args, network, data_loader, save_network):
     metrics_file = args.metrics_file or (args.model_prefix + '-metrics.jsonl' if args.model_prefix else None)
     history = report.History(metrics_file, begin_epoch, run.writer)
     restore_states(mod, args, sched, begin_epoch, load_epoch, arg_params, history)
-    ctx = dict(sched=sched, history=history, last_saved=load_epoch, saved_sym=save_network, val=data.val,
-               val_metric=report.make_metrics(args.num_classes, args.top_k))
+    # what the epochs share: the schedule, the metrics history, the newest checkpoint, validation
+    loop = dict(sched=sched, history=history, last_saved=load_epoch, saved_sym=save_network, val=data.val,
+                val_metric=report.make_metrics(args.num_classes, args.top_k))
     train_metric = report.make_metrics(args.num_classes, args.top_k)
-    ctx['watch'] = report.Watch(args, run.writer, begin_epoch, feed.describe())
+    loop['watch'] = report.Watch(args, run.writer, begin_epoch, feed.describe())
     progress = report.Progress(args.num_epochs, begin_epoch, args.disp_batches, run.num_workers, time.time,
-                               board=ctx['watch'].board)
+                               board=loop['watch'].board)
     if begin_epoch >= args.num_epochs:
         logging.info('Checkpoint epoch %d >= --num-epochs %d: nothing to train', begin_epoch, args.num_epochs)
     try:
@@ -425,26 +426,20 @@ def fit(args, network, data_loader, save_network):
             seen = dict(labels=[], ids=[]) if args.log_samples else None
             tic = time.time()
             nbatch, images, cur_lr = train_epoch(mod, data.train(epoch), epoch, sched, train_metric, progress,
-                                                 epoch_batches, seen, ctx['last_saved'], args.model_prefix,
+                                                 epoch_batches, seen, loop['last_saved'], args.model_prefix,
                                                  feed if feed.active else None)
             epoch_batches = epoch_batches or nbatch
-            end_epoch(mod, args, run, ctx, epoch, nbatch, images, cur_lr, time.time() - tic, train_metric)
+            end_epoch(mod, args, run, loop, epoch, nbatch, images, cur_lr, time.time() - tic, train_metric)
             if seen is not None:
                 _log_samples(args, run, epoch, seen)
     finally:
-        ctx['watch'].close()
-        if args.model_prefix and run.writer and args.plot and history.rows:
-            try:
-                report.plot_curves(history.rows, args.model_prefix + '-curves.png',
-                                   title=os.path.basename(args.model_prefix))
-            except Exception as exc:              # a plot must never fail the run
-                logging.warning('could not draw %s-curves.png: %s', args.model_prefix, exc)
+        loop['watch'].close(history.rows)
         if run.lock is not None:
             run.lock.release()            # the prefix is free for the next run (also in this process)
     arg_p, aux_p = state.device_params(mod)
     logging.info('Worker %d/%d final parameter checksum %s', run.rank, run.num_workers,
                  report.param_checksum(arg_p, aux_p))
-    if args.model_prefix and run.writer and ctx['last_saved'] is not None:
-        logging.info('Final checkpoint: %s', params_path(args.model_prefix, ctx['last_saved']))
+    if args.model_prefix and run.writer and loop['last_saved'] is not None:
+        logging.info('Final checkpoint: %s', params_path(args.model_prefix, loop['last_saved']))
     return dict(epoch=args.num_epochs, arg_params=arg_p, aux_params=aux_p, history=history.rows, module=mod,
-                last_checkpoint=ctx['last_saved'])
+                last_checkpoint=loop['last_saved'])

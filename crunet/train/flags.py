@@ -8,7 +8,7 @@ import mxnet as mx
 
 from symbols.checkpoint import params_path
 
-from ..cli import add_model_args
+from ..args import add_model_args
 from ..devices import parse_gpus
 from ..errors import CLIError
 from . import recipe, schedule as schedule_mod

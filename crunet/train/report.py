@@ -13,7 +13,7 @@ import numpy as np
 
 from symbols.checkpoint import params_path
 
-from ..errors import CLIError
+from ..errors import ConfigError
 from ..files import atomic_save, atomic_write_text
 from ..log import format_seconds, setup_logging
 from .state import list_checkpoints, states_path
@@ -130,7 +130,7 @@ class History(object):
     def monitored_scores(self, before_epoch):
         """Validation top-1 (else training top-1) of the recorded epochs before ``before_epoch``."""
         rows = sorted((r for r in self.rows if r.get('epoch', 1e9) < before_epoch), key=lambda r: r['epoch'])
-        return [r.get('val_top1') if r.get('val_top1') is not None else r.get('train_top1') for r in rows]
+        return [monitored(r) for r in rows]
 
 
 def plot_curves(history, path, title=None):
@@ -220,7 +220,7 @@ class Board(object):
             os.makedirs(logdir, exist_ok=True)
             self.writer = SummaryWriter(logdir)
         except OSError as exc:
-            raise CLIError('--tensorboard %s: cannot write there: %s' % (logdir, exc.strerror or exc))
+            raise ConfigError('--tensorboard %s: cannot write there: %s' % (logdir, exc.strerror or exc))
         self.epoch_batches = None
 
     def _step(self, epoch, nbatch, epoch_batches):
@@ -297,6 +297,7 @@ class Watch(object):
     def __init__(self, args, writer, begin_epoch, recipe_text=''):
         self.prefix = args.model_prefix if writer else None
         self.plot = bool(args.plot) and bool(self.prefix)
+        self.drawn = None                         # the rows PREFIX-curves.png shows
         self.keep_last = int(args.keep_last or 0)
         self.board = Board(args.tensorboard) if (args.tensorboard and writer) else None
         if recipe_text and recipe_text != 'hard labels':
@@ -310,11 +311,7 @@ class Watch(object):
             self.board.epoch(row, nbatch)
         if not self.prefix:
             return
-        if self.plot:
-            try:
-                plot_curves(rows, self.prefix + '-curves.png', title=os.path.basename(self.prefix))
-            except Exception as exc:              # a plot must never fail the run
-                logging.warning('could not draw %s-curves.png: %s', self.prefix, exc)
+        self.draw(rows)
         if not saved:
             return
         best = _best_epoch(self.prefix, rows)
@@ -336,6 +333,20 @@ class Watch(object):
         atomic_save(best_path(self.prefix), lambda tmp: shutil.copyfile(params_path(self.prefix, epoch), tmp))
         logging.info('Best so far: epoch %d (top-1 %.4f) -> %s', epoch, score, best_path(self.prefix))
 
-    def close(self):
+    def draw(self, rows):
+        """Redraw ``PREFIX-curves.png`` from the metrics ``rows`` (with ``--plot``, on rank 0)
+        unless it shows them already."""
+        if not (self.plot and rows) or self.drawn == rows:
+            return
+        try:
+            plot_curves(rows, self.prefix + '-curves.png', title=os.path.basename(self.prefix))
+            self.drawn = [dict(r) for r in rows]
+        except Exception as exc:              # a plot must never fail the run
+            logging.warning('could not draw %s-curves.png: %s', self.prefix, exc)
+
+    def close(self, rows=()):
+        """The end of the run: the curves of ``rows`` drawn (those of a resumed run that trained no
+        epoch too), the TensorBoard writer closed."""
+        self.draw(rows)
         if self.board is not None:
             self.board.close()

@@ -31,7 +31,7 @@ import numpy as np
 
 from symbols.checkpoint import CheckpointError, load_params, params_path, save_params, symbol_path
 
-from ..errors import CLIError
+from ..errors import ConfigError
 from ..files import SaveError, atomic_save
 
 __all__ = ['STATES_FORMAT', 'states_path', 'list_checkpoints', 'latest_checkpoint', 'finite_params',
@@ -72,12 +72,12 @@ def latest_checkpoint(prefix):
     """The newest epoch under ``prefix`` whose ``.params`` loads and holds only finite values
     (the symbol file is not needed: the network is rebuilt from the flags), or None. Epochs
     skipped on the way (a torn or non-finite file) are named in a warning; a pickle where a
-    ``.params`` should be is refused (:class:`CLIError`), never skipped over silently."""
+    ``.params`` should be is refused (:class:`CheckpointError`), never skipped over silently."""
     for epoch in list_checkpoints(prefix):
         path = params_path(prefix, epoch)
         with open(path, 'rb') as f:
             if is_pickle(f.read(1)):
-                raise CLIError('%s is a pickle, not an MXNet params file; it is never loaded (it could run '
+                raise CheckpointError('%s is a pickle, not an MXNet params file; it is never loaded (it could run '
                                'code): move it away to resume from the epoch before' % path)
         try:
             arg, aux = load_params(path)
@@ -119,7 +119,7 @@ def _unflatten(layout, arrays, path):
     if 'array' in layout:
         key = layout['array']
         if key not in arrays:
-            raise CLIError('%s: array %s is missing' % (path, key))
+            raise CheckpointError('%s: array %s is missing' % (path, key))
         return arrays[key]
     return tuple(_unflatten(s, arrays, path) for s in layout['tuple'])
 
@@ -138,26 +138,26 @@ def write_states(path, meta, states):
 
 
 def read_states(path):
-    """``(meta, states)`` of a ``.states`` file; :class:`CLIError` naming the file when it is not one
+    """``(meta, states)`` of a ``.states`` file; :class:`CheckpointError` naming the file when it is not one
     of this format (a pickle of the earlier format is refused without being read)."""
     try:
         with open(path, 'rb') as f:
             head = f.read(8)
     except OSError as exc:
-        raise CLIError('cannot read %s: %s' % (path, exc.strerror or exc))
+        raise CheckpointError('cannot read %s: %s' % (path, exc.strerror or exc))
     ways = ('resume with fresh optimizer states by deleting or moving it away, or convert a file you trust '
             'with: crunet-train convert-states %s --trust-pickle' % path)
     if is_pickle(head):
-        raise CLIError('%s is in the old pickle format, which is never loaded (it could run code); %s' % (path, ways))
+        raise CheckpointError('%s is in the old pickle format, which is never loaded (it could run code); %s' % (path, ways))
     if head != _NDARRAY_MAGIC:
-        raise CLIError('%s is not an optimizer-states file of this trainer; %s' % (path, ways))
+        raise CheckpointError('%s is not an optimizer-states file of this trainer; %s' % (path, ways))
     try:
         arrays = mx.nd.load(path)
         meta = json.loads(bytes(arrays.pop(_META).asnumpy().astype(np.uint8)).decode())
     except (mx.base.MXNetError, KeyError, ValueError, AttributeError, UnicodeDecodeError) as exc:
-        raise CLIError('cannot read %s: %s; %s' % (path, type(exc).__name__, ways))
+        raise CheckpointError('cannot read %s: %s; %s' % (path, type(exc).__name__, ways))
     if not isinstance(meta, dict) or meta.get('format') != STATES_FORMAT:
-        raise CLIError('%s: unknown states format %r; %s' % (path, meta.get('format') if isinstance(meta, dict) else None, ways))
+        raise CheckpointError('%s: unknown states format %r; %s' % (path, meta.get('format') if isinstance(meta, dict) else None, ways))
     layout = meta.get('layout') or {}
     states = {name: _unflatten(lay, arrays, path) for name, lay in layout.items()}
     return meta, states
@@ -370,7 +370,7 @@ def restore_optimizer(mod, meta, states, arg_params, dtype, path):
         return False
     opt = mod._optimizer
     if meta.get('optimizer') and meta['optimizer'] != type(opt).__name__:
-        raise CLIError('%s was written by the %s optimizer, this run uses %s (--optimizer)'
+        raise ConfigError('%s was written by the %s optimizer, this run uses %s (--optimizer)'
                        % (path, meta['optimizer'], type(opt).__name__))
     saved_fp16 = meta.get('dtype') == 'float16'
     pos, mp_layout = _mp_probe(opt)
