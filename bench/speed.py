@@ -386,7 +386,10 @@ def summarize(rounds, models, peers, max_others=1.0):
             for peer in peers:
                 per_round, clean_rounds = [], []
                 for r in rounds:
+                    # the peers have no command of their own: their training loop is what they offer
                     a, b = r.get(key, {}).get(mode + '_ips'), r.get(peer, {}).get(mode + '_ips')
+                    if mode == 'train_cli' and b is None:
+                        b = r.get(peer, {}).get('train_ips')
                     per_round.append(a / b if a and b else None)
                     if a and b and max(_others(r[key]), _others(r[peer])) <= max_others:
                         clean_rounds.append(a / b)

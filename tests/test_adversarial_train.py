@@ -71,6 +71,18 @@ def test_bad_numeric_flag_is_one_line_naming_it(data, tmp_path, capsys, flags, n
     assert not os.listdir(str(tmp_path))                    # refused before anything was written
 
 
+def test_default_learning_rate_times_the_step_factors_beyond_float32_is_refused(data, tmp_path, capsys):
+    argv = tiny_args(data, tmp_path / 'm', epochs=1)
+    del argv[argv.index('--lr'):argv.index('--lr') + 2]
+    with pytest.raises(SystemExit) as exc:
+        train_cli.run(argv + ['--lr-policy', 'step', '--lr-step-epochs', '1', '--lr-factor', '1e40'])
+    assert exc.value.code == EXIT_USER
+    assert _one_error_line(capsys.readouterr().err) == (
+        "error: --lr 0.1 (the default for the depth) x --lr-factor 1e+40 at epochs 1: the learning rate reaches "
+        "1e+39, beyond float32 (largest 3.40282e+38), the type MXNet's optimizers take it in")
+    assert not os.listdir(str(tmp_path))
+
+
 def test_nan_learning_rate_is_a_bad_flag_not_a_divergence(data, tmp_path):
     proc = run_train(tiny_args(data, tmp_path / 'm', epochs=1, extra=['--lr', 'nan']))
     assert proc.returncode == EXIT_USER

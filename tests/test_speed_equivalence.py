@@ -477,8 +477,11 @@ def test_bench_speed_summary_without_peers_installed():
     peer = 'gluoncv2:crunet56'
 
     def res(key, train, score, others=0.0):
-        return {'model': key, 'macs': 5.63e9, 'train_ips': train, 'score_ips': score, 'train_cli_ips': 0.9 * train,
-                'train_others_cpu': others, 'score_others_cpu': others, 'train_peak_mb': 1000.0}
+        out = {'model': key, 'macs': 5.63e9, 'train_ips': train, 'score_ips': score,
+               'train_others_cpu': others, 'score_others_cpu': others, 'train_peak_mb': 1000.0}
+        if key == 'crunet56':               # the peers have no command: only this project's models
+            out['train_cli_ips'] = 0.9 * train
+        return out
     rounds = [{'crunet56': res('crunet56', 3.0, 12.0), peer: res(peer, 2.0, 10.0)},
               {'crunet56': res('crunet56', 1.0, 6.0, others=0.5), peer: res(peer, 3.0, 10.0)},
               {'crunet56': res('crunet56', 3.3, 12.0), peer: res(peer, 3.0, 12.0)}]
@@ -487,6 +490,7 @@ def test_bench_speed_summary_without_peers_installed():
     assert row['train_x_%s' % peer] == pytest.approx((1.5 + 1.1) / 2)  # the busy round left out
     assert row['train_gmacs'] == pytest.approx(3 * 5.63 * 3.15)
     assert row['train_cli_x_train'] == pytest.approx(0.9)               # the command against the bare loop
+    assert row['train_cli_x_%s' % peer] == pytest.approx(0.9 * (1.5 + 1.1) / 2)   # against the peer's loop
     args = speed.parse_args(['--grouped-conv', 'blockdiag8'])
     args.machine = MACHINE
     speed.resolve_machine(args)

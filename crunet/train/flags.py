@@ -270,11 +270,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 def check_peak_rate(args):
     """The largest learning rate of the schedule (the base rate, the warmup start, and under the
-    step policy the base rate times every factor above 1) fits in float32. Unset rates (their
-    default depends on the depth, filled in by the paper's recipe) are checked once known."""
-    if args.lr is None:
-        return
-    peak, how = args.lr, '--lr %g' % args.lr
+    step policy the base rate times every factor above 1) fits in float32. Without ``--lr``, the
+    paper's rate for the depth (:func:`paper_recipe`) is the base."""
+    base = args.lr if args.lr is not None else paper_recipe(args.num_layers)[0]
+    peak, how = base, '--lr %g%s' % (base, '' if args.lr is not None else ' (the default for the depth)')
     if resolve_policy(args) == 'step' and args.lr_factor > 1:
         steps = [e for e in args.lr_step_epochs.split(',') if e.strip()]
         for _ in steps:
