@@ -5,7 +5,8 @@
     python -m bench.int8_speed --network resnext --num-layers 50 --json out.json
 
 Three graphs of the same weights, timed in turns (``--rounds`` rounds of ``--iters`` batches
-after ``--warmup``, best round reported, and the median), with the same OpenMP threads
+after ``--warmup``; the median round reported, and the best; the int8 speedup is the median of the
+per-round ratios), with the same OpenMP threads
 (``crunet.perf``): ``fp32`` the checkpoint's graph as ``crunet-score`` runs it (plain grouped
 convolutions), ``fp32-<formulation>`` the grouped-convolution formulation ``crunet.isa`` picks
 for this machine when it differs (the fastest fp32 the project has; zoo networks only, not
@@ -16,7 +17,6 @@ calibration is one batch of random images: the speed does not depend on the valu
 line names the machine (CPU, cores, oneDNN's ISA: VNNI is what int8 needs), as bench/speed.py
 does.
 """
-import json
 import sys
 import time
 
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from crunet.args import ArgParser  # noqa: E402
 from crunet.errors import CLIError, cli_main  # noqa: E402
-from crunet.files import atomic_write_text  # noqa: E402
+from bench import record  # noqa: E402
 from symbols import get_symbol  # noqa: E402
 from symbols.checkpoint import CheckpointError, inference_symbol, load_checkpoint, num_classes_of  # noqa: E402
 from symbols.quantize import quantize_symbol, quantized_layers  # noqa: E402
