@@ -7,9 +7,9 @@ machine's cores split evenly over the ranks (``OMP_NUM_THREADS``), synthetic dat
     python -m bench.horovod_speed --network crunet --num-layers 56 --image-size 224 --json hvd.json
 
 ``--ranks 1,2,1,2`` interleaves repeats (the first entry is the ratios' base). Reports images/s
-of the whole job (all ranks) per epoch after the first (warm-up) one, the best
-of them, and the ratio to one rank; writes a JSON record (``--json``, default
-``runs/bench/horovod_speed.json``) naming the CPU. A figure, not a test: on a machine whose
+of the whole job (all ranks) per epoch after the first (warm-up) one, their median, and the
+ratio to the first entry; writes a record (``bench/records/horovod-<UTC time>.json``, ``--record-dir``;
+``--json`` for another copy) naming the machine, the versions and the commit. A figure, not a test: on a machine whose
 cores one rank already keeps busy, more ranks add allreduce time and no compute; on a machine
 other work loads, OpenMP threads that spin-wait make the one-rank-many-threads figure the one
 that suffers (the load average after each job is recorded).
@@ -19,11 +19,14 @@ import json
 import os
 import platform
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
 
-from crunet import isa
+if __package__ in (None, ''):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import record  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,31 +69,30 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=16, help='per rank')
     p.add_argument('--batches', type=int, default=20, help='batches per epoch per rank')
     p.add_argument('--epochs', type=int, default=3, help='epochs; the first one is warm-up')
-    p.add_argument('--json', default=os.path.join('runs', 'bench', 'horovod_speed.json'))
+    p.add_argument('--json', default=None, help='also write the record here')
+    p.add_argument('--record-dir', default=record.RECORD_DIR,
+                   help="where the run's record goes: horovod-<UTC time>.json ('' writes none)")
     a = p.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix='hvd-bench-') as workdir:
         for ranks in [int(r) for r in a.ranks.split(',') if r.strip()]:
             res = run_ranks(ranks, a, workdir)
             timed = res['epoch_images_per_sec'][1:] or res['epoch_images_per_sec']
-            res['best_images_per_sec'] = max(timed)
+            res['median_images_per_sec'] = statistics.median(timed)
             results.append(res)
-            print('%d rank(s) x %d thread(s): %.1f img/s (epochs: %s)' % (
-                ranks, res['omp_threads_per_rank'], res['best_images_per_sec'],
+            print('%d rank(s) x %d thread(s): %.1f img/s, median of the epochs after the first (epochs: %s)' % (
+                ranks, res['omp_threads_per_rank'], res['median_images_per_sec'],
                 ', '.join('%.1f' % v for v in res['epoch_images_per_sec'])), flush=True)
-    base = results[0]['best_images_per_sec']
+    base = results[0]['median_images_per_sec']
     for res in results:
-        res['speedup_vs_first'] = round(res['best_images_per_sec'] / base, 3) if base else None
-    record = dict(command=' '.join(['python -m bench.horovod_speed'] + (sys.argv[1:] if argv is None else argv)),
-                  cpu=isa.cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
+        res['speedup_vs_first'] = round(res['median_images_per_sec'] / base, 3) if base else None
+    report = dict(cores=os.cpu_count(), python=platform.python_version(),
                   settings=dict(network=a.network, num_layers=a.num_layers, setting=a.setting,
                                 image_size=a.image_size, batch_size_per_rank=a.batch_size, batches=a.batches,
                                 epochs=a.epochs),
-                  results=results, date=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, 'w') as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    print('wrote %s' % a.json)
+                  load_end=os.getloadavg(), results=results)
+    record.stamp(report, ' '.join(['python -m bench.horovod_speed'] + list(sys.argv[1:] if argv is None else argv)))
+    record.write(report, 'horovod', a.record_dir, also=a.json, log=print)
     return 0
 
 

@@ -53,7 +53,9 @@ def get_symbol(network, **kwargs):
     ``data``, by default ending in ``SoftmaxOutput`` ``softmax``. The keyword arguments are those of
     the network's ``get_symbol`` (``num_classes``, ``num_layers``, ``image_shape``, ``setting`` or
     ``widen_factor``, ``shared``, ``dtype``, ``grouped_conv``, ``pooling``, ``output``); an unknown
-    one raises :class:`ChoiceError` naming it and listing the valid ones."""
+    one raises :class:`ChoiceError` naming it and listing the valid ones. ``image_shape`` is
+    MXNet example/image-classification's argument: it is checked ('C,H,W', positive sizes) and
+    changes nothing, since every network ends in global pooling and one graph takes any size."""
     valid = symbol_arguments(network)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:

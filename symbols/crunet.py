@@ -63,7 +63,7 @@ def get_symbol(num_classes=1000, num_layers=56, image_shape='3,224,224', setting
     formulation of grouped convolutions (``symbols.blocks.GROUPED_CONV_CHOICES``); ``pooling``
     (``avg``, ``mean-max``) and ``output`` (``softmax``, ``probabilities``, ``logits``,
     ``features``) choose the head (``symbols.blocks.classifier``)."""
-    parse_shape(image_shape)
+    parse_shape(image_shape)   # checked only: global pooling makes the graph independent of the input size
     _, preset = choose('crunet', PRESETS, num_layers, setting)
     stages = preset['stages'] if shared else _unshared(preset['stages'])
     return build_network(stages, num_classes, stem=preset.get('stem', 'imagenet'), dtype=dtype,

@@ -31,7 +31,7 @@ def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', setting
     formulation of grouped convolutions (``symbols.blocks.GROUPED_CONV_CHOICES``); ``pooling``
     (``avg``, ``mean-max``) and ``output`` (``softmax``, ``probabilities``, ``logits``,
     ``features``) choose the head (``symbols.blocks.classifier``)."""
-    parse_shape(image_shape)
+    parse_shape(image_shape)   # checked only: global pooling makes the graph independent of the input size
     _, stages = choose('resnext', PRESETS, num_layers, setting)
     return build_network(stages, num_classes, dtype=dtype, grouped_conv=grouped_conv, pooling=pooling,
                          output=output)

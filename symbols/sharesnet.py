@@ -64,7 +64,7 @@ def get_symbol(num_classes=1000, num_layers=50, image_shape='3,224,224', setting
 
     ``dtype``, ``grouped_conv``, ``pooling`` and ``output`` as for every network of the zoo
     (``symbols.blocks.build_network``)."""
-    parse_shape(image_shape)
+    parse_shape(image_shape)   # checked only: global pooling makes the graph independent of the input size
     if widen_factor:
         if setting not in (None, 'wrn'):
             raise ChoiceError('sharesnet-%s with widen_factor: unknown setting %r; valid choices: wrn'

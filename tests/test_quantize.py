@@ -229,13 +229,13 @@ def test_an_int8_model_that_disagrees_with_fp32_is_refused_unless_forced(trained
     prefix = str(tmp_path / 'tie')
     _tie_breaking_checkpoint(trained, prefix)
     base = ['--model', prefix, '--epoch', str(trained['epoch']), '--calib-dataset', trained['train'],
-            '--num-calib-batches', '4', '--batch-size', '8']
+            '--num-calib-batches', '2', '--batch-size', '8']
     rc, lines = _quantize_cli(base + ['--out', str(tmp_path / 'q')])
     assert rc == 2 and len(lines) == 1, lines
-    m = re.fullmatch(r'error: int8 top-1 agrees with fp32 on ([\d.]+)%% of the 32 calibration images, below '
+    m = re.fullmatch(r'error: int8 top-1 agrees with fp32 on ([\d.]+)%% of the 16 calibration images, below '
                      r'--min-agreement 0\.98: %s not written \(--exclude more layers to keep them in fp32, or '
                      r'--force to write it anyway\)' % re.escape(str(tmp_path / 'q')), lines[0])
-    assert m and float(m.group(1)) < 90.0, lines
+    assert m and float(m.group(1)) < 95.0, lines
     assert not glob.glob(str(tmp_path / 'q*'))
     proc = subprocess.run([sys.executable, '-m', 'symbols.export', 'quantize'] + base +
                           ['--out', str(tmp_path / 'f'), '--force'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
